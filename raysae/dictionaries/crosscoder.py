@@ -1,0 +1,1 @@
+"""CrossCoder (being written)."""

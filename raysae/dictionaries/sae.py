@@ -1,0 +1,103 @@
+"""The sparse autoencoder and the transcoder (an SAE whose label is another hook), optional GLU encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from raysae.config import SAEConfig
+from raysae.dictionaries.base import LATENT, SparseDictionary, resolve_device, resolve_dtype
+from raysae.dictionaries.registry import register
+
+
+@register("sae", "transcoder")
+class SparseAutoencoder(SparseDictionary):
+    """pre = (x − b_dec?) W_enc + b_enc [· σ(x W_glu + b_glu)]; z = act(pre); ŷ = z W_dec + b_dec."""
+
+    architecture = "sae"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg, latent_shape=(cfg.latent_count,), scale_shape=())
+        self.cfg: SAEConfig = cfg
+        d, s = cfg.d_model, cfg.latent_count
+        factory = {"dtype": resolve_dtype(cfg.dtype), "device": resolve_device(cfg.device)}
+        self.W_enc = nn.Parameter(torch.empty(d, s, **factory))
+        self.b_enc = nn.Parameter(torch.zeros(s, **factory))
+        self.W_dec = nn.Parameter(torch.empty(s, d, **factory))
+        self.b_dec = nn.Parameter(torch.zeros(d, **factory))
+        if cfg.glu_encoder:
+            self.W_glu = nn.Parameter(torch.empty(d, s, **factory))
+            self.b_glu = nn.Parameter(torch.zeros(s, **factory))
+        self.to(**factory)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform decoder rows, encoder = decoderᵀ, zero biases."""
+        nn.init.kaiming_uniform_(self.W_dec)
+        self.W_enc.copy_(self.W_dec.T)
+        if self.cfg.glu_encoder:
+            nn.init.kaiming_uniform_(self.W_glu)
+
+    @property
+    def hooks_in(self) -> list[str]:
+        return [self.cfg.hook_point_in]
+
+    @property
+    def hooks_out(self) -> list[str]:
+        return [self.cfg.output_hook]
+
+    @property
+    def subtracts_b_dec(self) -> bool:
+        return self.cfg.apply_decoder_bias_to_pre_encoder and self.cfg.architecture == "sae"
+
+    def encode_pre(self, x: Tensor) -> Tensor:
+        x_in = x - self.b_dec if self.subtracts_b_dec else x
+        pre = x_in @ self.W_enc + self.b_enc
+        if self.cfg.glu_encoder:
+            pre = pre * torch.sigmoid(x_in @ self.W_glu + self.b_glu)
+        return pre
+
+    def decode_scaled(self, z: Tensor) -> Tensor:
+        return z @ self.W_dec + self.b_dec
+
+    def decoder_norms(self) -> Tensor:
+        return self.W_dec.norm(dim=-1)
+
+    @torch.no_grad()
+    def scale_decoder_(self, factor: Tensor) -> None:
+        self.W_dec.mul_(factor[:, None])
+
+    @torch.no_grad()
+    def project_decoder_grad_(self) -> None:
+        if self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * unit)
+
+    @torch.no_grad()
+    def fold_scales_(self) -> None:
+        s_in, s_out = self.input_scale, self.output_scale
+        self.W_enc.mul_(s_in)
+        if self.cfg.glu_encoder:
+            self.W_glu.mul_(s_in)
+        self.W_dec.div_(s_out)
+        self.b_dec.div_(s_out)
+        self.input_scale.fill_(1.0)
+        self.output_scale.fill_(1.0)
+
+    @classmethod
+    def param_dims(cls) -> dict[str, tuple[str, ...]]:
+        return {
+            "W_enc": ("d_model", LATENT),
+            "b_enc": (LATENT,),
+            "W_glu": ("d_model", LATENT),
+            "b_glu": (LATENT,),
+            "W_dec": (LATENT, "d_model"),
+            "b_dec": ("d_model",),
+            "activation.log_threshold": (LATENT,),
+            "activation.threshold": (),
+            "input_scale": (),
+            "output_scale": (),
+        }
