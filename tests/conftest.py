@@ -44,3 +44,41 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_root: Path) -> Iterator[str]:
+    """URI of a real MongoDB for the whole session: $RAYSAE_TEST_MONGO_URI when set, else a secantusd-py
+    server on a free port with its data in the session's temporary folder (skipped if not installed)."""
+    external = os.environ.get("RAYSAE_TEST_MONGO_URI", "").strip()
+    if external:
+        yield external
+        return
+    from raysae.store import LocalStoreError, LocalStoreServer, find_server_executable
+
+    try:
+        find_server_executable()
+    except LocalStoreError as err:
+        pytest.skip(str(err))
+    server = LocalStoreServer(tmp_root / "mongo")
+    server.start(timeout=120)
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def store(mongo_uri: str) -> Iterator[object]:
+    """A connected raysae.store.Store on a fresh, uniquely named database (dropped after the test)."""
+    import uuid
+
+    from raysae.store import Store, StoreConfig
+
+    config = StoreConfig(uri=mongo_uri, db=f"test_{uuid.uuid4().hex[:20]}", retries=2, retry_backoff_s=0.2)
+    s = Store.connect(config)
+    try:
+        yield s
+    finally:
+        s.client.drop_database(s.db_name)
+        s.close()

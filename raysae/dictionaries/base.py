@@ -97,6 +97,10 @@ class SparseDictionary(nn.Module, ABC):
     def project_decoder_grad_(self) -> None:
         """Remove from each latent's decoder gradient its component parallel to the decoder."""
 
+    def tie_encoder_to_decoder_(self) -> None:
+        """Set each encoder to the transpose of its decoder (per head/layer)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tie its encoder to its decoder")
+
     @abstractmethod
     def fold_scales_(self) -> None:
         """Fold input/output scales into the weights so the dictionary works on raw activations."""

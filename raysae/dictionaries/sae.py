@@ -35,9 +35,13 @@ class SparseAutoencoder(SparseDictionary):
     def reset_parameters(self) -> None:
         """Kaiming-uniform decoder rows, encoder = decoderᵀ, zero biases."""
         nn.init.kaiming_uniform_(self.W_dec)
-        self.W_enc.copy_(self.W_dec.T)
+        self.tie_encoder_to_decoder_()
         if self.cfg.glu_encoder:
             nn.init.kaiming_uniform_(self.W_glu)
+
+    @torch.no_grad()
+    def tie_encoder_to_decoder_(self) -> None:
+        self.W_enc.copy_(self.W_dec.T)
 
     @property
     def hooks_in(self) -> list[str]:

@@ -1,0 +1,235 @@
+"""The training step and loop for one process: ``Trainer(cfg).fit(dictionary, batches)``.
+
+The same ``Trainer.step`` runs inside every Ray Train worker; there the dictionary's parameters are
+DTensors and ``fired_reduce`` all-reduces firing masks across data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from raysae.config import TrainerConfig
+from raysae.dictionaries.base import Batch, LossOutput, SparseDictionary
+from raysae.dictionaries.init import initialize_from_data
+from raysae.train.checkpoint import load_trainer_checkpoint, save_trainer_checkpoint
+from raysae.train.metrics_sinks import MetricsSink
+from raysae.train.schedules import TrainingSchedules
+
+
+def batch_tokens(batch: Batch) -> int:
+    """Tokens (rows) in a batch: a tensor's first dim or that of any tensor in the mapping."""
+    first = batch if isinstance(batch, Tensor) else next(iter(batch.values()))
+    return int(first.shape[0])
+
+
+@dataclass
+class TrainState:
+    """What, besides parameters and optimiser, a resumed run must restore."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    tokens_since_fired: Tensor | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Adam with lr warmup/decay, sparsity warmup, k annealing, clipping and decoder-norm handling."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        sinks: Sequence[MetricsSink] = (),
+        fired_reduce: Callable[[Tensor], Tensor] | None = None,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        self.sinks = list(sinks)
+        self.fired_reduce = fired_reduce
+        self.progress = progress
+        self.dictionary: SparseDictionary | None = None
+        self.optimizer: torch.optim.Adam | None = None
+        self.state = TrainState()
+        self._window_fired: Tensor | None = None
+        self._window_tokens = 0
+        self._data_wait = 0.0
+        self._window_start = time.perf_counter()
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def setup(self, dictionary: SparseDictionary) -> None:
+        """Bind the dictionary and create optimiser, schedules and dead-latent counters."""
+        self.dictionary = dictionary
+        self.optimizer = torch.optim.Adam(
+            dictionary.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps
+        )
+        cfg = dictionary.cfg
+        top_k = cfg.top_k if cfg.act_fn in ("topk", "batchtopk") else None
+        self.schedules = TrainingSchedules.from_config(
+            self.cfg, cfg.sparsity_coefficient, top_k, dictionary.d_sae
+        )
+        device = dictionary.input_scale.device
+        self.state = TrainState(
+            tokens_since_fired=torch.zeros(dictionary.latent_shape, dtype=torch.long, device=device)
+        )
+        self._window_fired = torch.zeros(dictionary.latent_shape, dtype=torch.long, device=device)
+
+    def initialize(self, batches: Sequence[Batch]) -> None:
+        """Data-dependent initialisation (norm scaling, decoder norm, b_dec) from the first batches."""
+        assert self.dictionary is not None, "call setup() first"
+        initialize_from_data(self.dictionary, batches, self.cfg.initializer)
+        if self.cfg.decoder_norm_mode != "free":
+            self.dictionary.set_decoder_norm_(1.0)
+            if self.cfg.initializer.encoder_as_decoder_transpose:
+                self.dictionary.tie_encoder_to_decoder_()
+
+    # ---- one step -------------------------------------------------------------------------------
+    def step(self, batch: Batch) -> LossOutput:
+        """One optimiser step on ``batch``; returns the loss output (before the update)."""
+        assert self.dictionary is not None and self.optimizer is not None, "call setup() first"
+        d, st, cfg = self.dictionary, self.state, self.cfg
+        d.train()
+        lr = self.schedules.lr(st.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.schedules.k is not None:
+            d.activation.k = round(self.schedules.k(st.step))  # type: ignore[union-attr]
+        assert st.tokens_since_fired is not None
+        dead_mask = st.tokens_since_fired >= cfg.dead_after_tokens
+        out = d.compute_loss(
+            batch,
+            sparsity_coefficient=self.schedules.sparsity(st.step),
+            dead_mask=dead_mask,
+            aux_k=cfg.aux_k,
+            aux_k_coefficient=cfg.aux_k_coefficient,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.decoder_norm_mode == "unit_project_grad":
+            d.project_decoder_grad_()
+        if cfg.grad_clip_norm is not None:
+            out.parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                d.parameters(), cfg.grad_clip_norm
+            ).detach()
+        self.optimizer.step()
+        if cfg.decoder_norm_mode != "free":
+            d.set_decoder_norm_(1.0)
+        self._track_firing(out.feature_acts, batch_tokens(batch))
+        st.step += 1
+        return out
+
+    @torch.no_grad()
+    def _track_firing(self, z: Tensor | None, n_tokens: int) -> None:
+        assert z is not None and self.state.tokens_since_fired is not None and self._window_fired is not None
+        fired_count = (z != 0).long().sum(0)
+        if self.fired_reduce is not None:
+            fired_count = self.fired_reduce(fired_count)
+            n_tokens = int(self.fired_reduce(torch.tensor(n_tokens, device=fired_count.device)))
+        tsf = self.state.tokens_since_fired
+        tsf.add_(n_tokens).masked_fill_(fired_count > 0, 0)
+        self._window_fired += fired_count
+        self._window_tokens += n_tokens
+        self.state.tokens_seen += n_tokens
+
+    # ---- metrics --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def metrics(self, out: LossOutput) -> dict[str, float]:
+        """Metrics of the last batch plus window statistics since the previous report."""
+        from raysae.eval import metrics as M
+
+        st = self.state
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        assert out.label is not None and out.reconstruction is not None and out.feature_acts is not None
+        assert st.tokens_since_fired is not None and self._window_fired is not None
+        m: dict[str, float] = {f"loss/{k}": float(v) for k, v in out.parts.items()}
+        m["loss/total"] = float(out.loss.detach())
+        m["metrics/mse"] = float(M.mse(out.label, out.reconstruction))
+        m["metrics/explained_variance"] = float(M.explained_variance(out.label, out.reconstruction))
+        m["metrics/l0"] = float(M.l0(out.feature_acts).mean())
+        m["metrics/dead_fraction"] = float(
+            (st.tokens_since_fired >= self.cfg.dead_after_tokens).double().mean()
+        )
+        m["metrics/dense_fraction"] = M.dense_fraction(
+            self._window_fired, self._window_tokens, self.cfg.dense_threshold
+        )
+        m["schedule/lr"] = self.schedules.lr(st.step - 1)
+        m["schedule/sparsity_coefficient"] = self.schedules.sparsity(st.step - 1)
+        if self.schedules.k is not None:
+            m["schedule/k"] = float(round(self.schedules.k(st.step - 1)))
+        m["perf/tokens_per_s"] = self._window_tokens / elapsed
+        m["perf/data_wait_fraction"] = self._data_wait / elapsed
+        m["progress/step"] = float(st.step)
+        m["progress/tokens"] = float(st.tokens_seen)
+        self._window_fired.zero_()
+        self._window_tokens, self._data_wait, self._window_start = 0, 0.0, time.perf_counter()
+        return m
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> Path:
+        assert self.dictionary is not None and self.optimizer is not None
+        return save_trainer_checkpoint(path, self.dictionary, self.optimizer, self.state)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        assert self.dictionary is not None and self.optimizer is not None
+        self.state = load_trainer_checkpoint(path, self.dictionary, self.optimizer)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def fit(
+        self, dictionary: SparseDictionary, batches: Iterable[Batch], resume_from: str | Path | None = None
+    ) -> SparseDictionary:
+        """Train ``dictionary`` in place on ``batches`` for ``cfg.total_steps`` steps.
+
+        ``resume_from`` continues a run from a checkpoint folder: the first ``step`` batches of
+        ``batches`` are skipped, so the same deterministic batch stream gives the same result as a
+        run that never stopped."""
+        self.setup(dictionary)
+        it: Iterator[Batch] = iter(batches)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            it = itertools.islice(it, self.state.step, None)
+        else:
+            first = list(itertools.islice(it, self.cfg.initializer.init_batches))
+            self.initialize(first)
+            it = itertools.chain(first, it)
+        total = self.cfg.total_steps
+        bar = tqdm(
+            total=total, initial=self.state.step, disable=not self.progress, unit="step", dynamic_ncols=True
+        )
+        out = None
+        try:
+            while self.state.step < total:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                self._data_wait += time.perf_counter() - t0
+                if batch is None:
+                    break
+                out = self.step(batch)
+                bar.update(1)
+                if self.state.step % self.cfg.log_every_steps == 0 or self.state.step == total:
+                    self._report(self.metrics(out), bar)
+                every = self.cfg.checkpoint_every_steps
+                if self.cfg.checkpoint_dir and every and self.state.step % every == 0:
+                    self.save_checkpoint(Path(self.cfg.checkpoint_dir) / f"step_{self.state.step:08d}")
+        finally:
+            bar.close()
+        if self.cfg.checkpoint_dir and out is not None:
+            self.save_checkpoint(Path(self.cfg.checkpoint_dir) / "final")
+        return dictionary
+
+    def _report(self, metrics: dict[str, float], bar: Any) -> None:
+        self.state.history.append(metrics)
+        bar.set_postfix(
+            mse=f"{metrics['metrics/mse']:.4g}",
+            ev=f"{metrics['metrics/explained_variance']:.3f}",
+            l0=f"{metrics['metrics/l0']:.1f}",
+            dead=f"{metrics['metrics/dead_fraction']:.2f}",
+        )
+        for sink in self.sinks:
+            sink.log(self.state.step, metrics)
