@@ -1,15 +1,17 @@
 """The training step and loop for one process: ``Trainer(cfg).fit(dictionary, batches)``.
 
 The same ``Trainer.step`` runs inside every Ray Train worker; there the dictionary's parameters are
-DTensors and ``fired_reduce`` all-reduces firing masks across data-parallel ranks.
+DTensors (``raysae.train.sharding.distribute_dictionary``), each rank passes its own rows, and the
+step uses the sharded loss, reduces gradients over the data dim and reads metrics as global values.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,13 @@ from raysae.dictionaries.init import initialize_from_data
 from raysae.train.checkpoint import load_trainer_checkpoint, save_trainer_checkpoint
 from raysae.train.metrics_sinks import MetricsSink
 from raysae.train.schedules import TrainingSchedules
-
-
-def batch_tokens(batch: Batch) -> int:
-    """Tokens (rows) in a batch: a tensor's first dim or that of any tensor in the mapping."""
-    first = batch if isinstance(batch, Tensor) else next(iter(batch.values()))
-    return int(first.shape[0])
+from raysae.train.sharding import (
+    clip_grad_norm_,
+    compute_sharded_loss,
+    is_distributed,
+    reduce_gradients_,
+    to_full,
+)
 
 
 @dataclass
@@ -48,12 +51,10 @@ class Trainer:
         self,
         cfg: TrainerConfig,
         sinks: Sequence[MetricsSink] = (),
-        fired_reduce: Callable[[Tensor], Tensor] | None = None,
         progress: bool = True,
     ):
         self.cfg = cfg
         self.sinks = list(sinks)
-        self.fired_reduce = fired_reduce
         self.progress = progress
         self.dictionary: SparseDictionary | None = None
         self.optimizer: torch.optim.Adam | None = None
@@ -103,7 +104,9 @@ class Trainer:
             d.activation.k = round(self.schedules.k(st.step))  # type: ignore[union-attr]
         assert st.tokens_since_fired is not None
         dead_mask = st.tokens_since_fired >= cfg.dead_after_tokens
-        out = d.compute_loss(
+        sharded = is_distributed(d)
+        loss_fn = partial(compute_sharded_loss, d) if sharded else d.compute_loss
+        out = loss_fn(
             batch,
             sparsity_coefficient=self.schedules.sparsity(st.step),
             dead_mask=dead_mask,
@@ -112,26 +115,25 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if sharded:
+            reduce_gradients_(d)
         if cfg.decoder_norm_mode == "unit_project_grad":
             d.project_decoder_grad_()
         if cfg.grad_clip_norm is not None:
-            out.parts["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                d.parameters(), cfg.grad_clip_norm
-            ).detach()
+            out.parts["grad_norm"] = torch.tensor(clip_grad_norm_(d, cfg.grad_clip_norm))
         self.optimizer.step()
         if cfg.decoder_norm_mode != "free":
             d.set_decoder_norm_(1.0)
-        self._track_firing(out.feature_acts, batch_tokens(batch))
+        self._track_firing(out.feature_acts)
         st.step += 1
         return out
 
     @torch.no_grad()
-    def _track_firing(self, z: Tensor | None, n_tokens: int) -> None:
+    def _track_firing(self, z: Tensor | None) -> None:
+        """Update tokens-since-fired from the global batch (every rank's rows, every latent)."""
         assert z is not None and self.state.tokens_since_fired is not None and self._window_fired is not None
-        fired_count = (z != 0).long().sum(0)
-        if self.fired_reduce is not None:
-            fired_count = self.fired_reduce(fired_count)
-            n_tokens = int(self.fired_reduce(torch.tensor(n_tokens, device=fired_count.device)))
+        fired_count = to_full((z != 0).long().sum(0)).to(self.state.tokens_since_fired.device)
+        n_tokens = int(z.shape[0])  # a DTensor reports its global row count
         tsf = self.state.tokens_since_fired
         tsf.add_(n_tokens).masked_fill_(fired_count > 0, 0)
         self._window_fired += fired_count
@@ -148,11 +150,12 @@ class Trainer:
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
         assert out.label is not None and out.reconstruction is not None and out.feature_acts is not None
         assert st.tokens_since_fired is not None and self._window_fired is not None
-        m: dict[str, float] = {f"loss/{k}": float(v) for k, v in out.parts.items()}
-        m["loss/total"] = float(out.loss.detach())
-        m["metrics/mse"] = float(M.mse(out.label, out.reconstruction))
-        m["metrics/explained_variance"] = float(M.explained_variance(out.label, out.reconstruction))
-        m["metrics/l0"] = float(M.l0(out.feature_acts).mean())
+        label, recon, z = (to_full(t.detach()) for t in (out.label, out.reconstruction, out.feature_acts))
+        m: dict[str, float] = {f"loss/{k}": float(to_full(v)) for k, v in out.parts.items()}
+        m["loss/total"] = float(to_full(out.loss.detach()))
+        m["metrics/mse"] = float(M.mse(label, recon))
+        m["metrics/explained_variance"] = float(M.explained_variance(label, recon))
+        m["metrics/l0"] = float(M.l0(z).mean())
         m["metrics/dead_fraction"] = float(
             (st.tokens_since_fired >= self.cfg.dead_after_tokens).double().mean()
         )
