@@ -114,7 +114,7 @@ class BatchTopK(Activation):
     @torch.no_grad()
     def _update_threshold(self, z_flat: Tensor) -> None:
         positive = torch.where(z_flat > 0, z_flat, torch.full_like(z_flat, float("inf")))
-        smallest = positive.min(dim=-1).values
+        smallest = positive.amin(dim=-1)  # amin: a latent-sharded DTensor all-reduces, min gathers
         smallest = torch.where(torch.isinf(smallest), self.threshold, smallest)
         fresh = self.threshold < 0
         mixed = self.momentum * self.threshold + (1 - self.momentum) * smallest

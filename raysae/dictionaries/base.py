@@ -134,7 +134,9 @@ class SparseDictionary(nn.Module, ABC):
         """Raw label activations; a bare tensor is its own label (an SAE or a CrossCoder)."""
         if isinstance(batch, Tensor):
             if self.hooks_in != self.hooks_out:
-                raise ValueError(f"{self.architecture} needs a {{hook: tensor}} batch with {self.hooks_out}")
+                raise ValueError(
+                    f"{self.cfg.architecture} needs a {{hook: tensor}} batch with {self.hooks_out}"
+                )
             return batch
         return self._stack(batch, self.hooks_out)
 
@@ -202,7 +204,7 @@ class SparseDictionary(nn.Module, ABC):
             return pre.new_zeros(())
         k = min(k_aux, int(dead_mask.reshape(-1, dead_mask.shape[-1]).sum(-1).max()))
         dead_pre = torch.where(dead_mask, pre, torch.full_like(pre, -torch.inf))
-        kth = dead_pre.topk(k, dim=-1).values[..., -1:]
+        kth = self.activation.kth_value(dead_pre, k)  # latent-sharded: no gather of pre
         z_aux = torch.relu(dead_pre) * (dead_pre >= kth).to(pre.dtype)
         linear = self.decode_scaled(z_aux) - self.decode_scaled(torch.zeros_like(z_aux))
         scale = min(n_dead / k_aux, 1.0)

@@ -64,7 +64,7 @@ def save_dictionary(dictionary: SparseDictionary, path: str | Path, fold_scales:
 
 
 def load_dictionary(path: str | Path, device: str | None = None) -> SparseDictionary:
-    """Open a folder written by ``save_dictionary``; errors name the file and the problem."""
+    """Open a folder written by ``save_dictionary`` (in eval mode); errors name the file and the problem."""
     path = Path(path)
     cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     for f in (cfg_file, weights_file):
@@ -74,6 +74,8 @@ def load_dictionary(path: str | Path, device: str | None = None) -> SparseDictio
         data = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as err:
         raise DictionaryFormatError(f"{cfg_file}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DictionaryFormatError(f"{cfg_file}: expected a JSON object, got {type(data).__name__}")
     if device is not None:
         data["device"] = device
     try:
@@ -97,4 +99,4 @@ def load_dictionary(path: str | Path, device: str | None = None) -> SparseDictio
         raise DictionaryFormatError(f"{weights_file} does not match {cfg_file}: " + "; ".join(problems))
     with torch.no_grad():
         model.load_state_dict(tensors, strict=True)
-    return model
+    return model.eval()

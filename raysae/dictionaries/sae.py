@@ -83,6 +83,12 @@ class SparseAutoencoder(SparseDictionary):
     @torch.no_grad()
     def fold_scales_(self) -> None:
         s_in, s_out = self.input_scale, self.output_scale
+        if self.subtracts_b_dec:
+            # The encoder subtracts b_dec/s_out after folding but saw b_dec/s_in before: correct b_enc.
+            r = 1 - s_in / s_out
+            self.b_enc.sub_(r * (self.b_dec @ self.W_enc))
+            if self.cfg.glu_encoder:
+                self.b_glu.sub_(r * (self.b_dec @ self.W_glu))
         self.W_enc.mul_(s_in)
         if self.cfg.glu_encoder:
             self.W_glu.mul_(s_in)
