@@ -1,0 +1,105 @@
+"""Collections, identity keys, well-known fields and the indexes behind every query of the store.
+
+Documents of each collection (besides free-form fields the writing job adds):
+
+- ``dictionaries``: ``dictionary_id``; e.g. architecture, config, checkpoint path, metrics.
+- ``features``: ``dictionary_id``, ``hook`` (the layer's hook point), ``index``; ``frequency`` (fraction
+  of tokens on which the feature fires), ``max_activation``, ``dla_positive_tokens`` (the tokens with the
+  largest positive direct logit attribution, strongest first; a flat list of strings so that a multikey
+  index serves "features by token"), top examples, histograms.
+- ``analyses``: ``dictionary_id``, ``analysis_id``; one record per analysis run (corpus, tokens, settings).
+- ``explanations``: feature identity + ``explainer``; ``explanation`` (text).
+- ``scores``: feature identity + ``explainer`` + ``scorer``; ``score`` (number).
+- ``graphs``: ``graph_id``; optional ``dictionary_id``; the attribution graph of one prompt.
+
+Every document also gets ``updated_at``. Fields too large for one document live in GridFS (bucket
+``blobs``), see ``raysae.store.documents``.
+
+secantusdb (the local store) has no text indexes, so explanation search is an escaped, unanchored
+regex over ``explanation``; it also sorts after fetching (index order unused), so keep sorted result
+sets small by filtering on indexed fields first. Real MongoDB uses these indexes for sort and filter alike.
+"""
+
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.database import Database
+from pymongo.errors import OperationFailure
+
+DICTIONARIES = "dictionaries"
+FEATURES = "features"
+ANALYSES = "analyses"
+EXPLANATIONS = "explanations"
+SCORES = "scores"
+GRAPHS = "graphs"
+COLLECTIONS = (DICTIONARIES, FEATURES, ANALYSES, EXPLANATIONS, SCORES, GRAPHS)
+BLOB_BUCKET = "blobs"
+
+FEATURE_IDENTITY = ("dictionary_id", "hook", "index")
+IDENTITY: dict[str, tuple[str, ...]] = {
+    DICTIONARIES: ("dictionary_id",),
+    FEATURES: FEATURE_IDENTITY,
+    ANALYSES: ("dictionary_id", "analysis_id"),
+    EXPLANATIONS: (*FEATURE_IDENTITY, "explainer"),
+    SCORES: (*FEATURE_IDENTITY, "explainer", "scorer"),
+    GRAPHS: ("graph_id",),
+}
+
+FREQUENCY = "frequency"
+MAX_ACTIVATION = "max_activation"
+DLA_POSITIVE_TOKENS = "dla_positive_tokens"
+EXPLANATION = "explanation"
+SCORE = "score"
+UPDATED_AT = "updated_at"
+FEATURE_SORTS = (FREQUENCY, MAX_ACTIVATION, "index")
+
+_ID, _H, _I = "dictionary_id", "hook", "index"
+
+
+def _identity_index(collection: str) -> IndexModel:
+    keys = [(field, ASCENDING) for field in IDENTITY[collection]]
+    return IndexModel(keys, name="identity", unique=True)
+
+
+INDEXES: dict[str, list[IndexModel]] = {
+    DICTIONARIES: [_identity_index(DICTIONARIES)],
+    FEATURES: [
+        _identity_index(FEATURES),
+        IndexModel([(_ID, 1), (_H, 1), (FREQUENCY, DESCENDING), (_I, 1)], name="by_frequency"),
+        IndexModel([(_ID, 1), (_H, 1), (MAX_ACTIVATION, DESCENDING), (_I, 1)], name="by_max_activation"),
+        IndexModel([(_ID, 1), (FREQUENCY, DESCENDING), (_H, 1), (_I, 1)], name="all_hooks_by_frequency"),
+        IndexModel(
+            [(_ID, 1), (MAX_ACTIVATION, DESCENDING), (_H, 1), (_I, 1)], name="all_hooks_by_max_activation"
+        ),
+        IndexModel([(DLA_POSITIVE_TOKENS, 1), (_ID, 1), (_H, 1)], name="by_dla_positive_token"),
+    ],
+    ANALYSES: [_identity_index(ANALYSES)],
+    # The identity index's (dictionary_id, hook, index) prefix serves "explanations of a feature".
+    EXPLANATIONS: [_identity_index(EXPLANATIONS)],
+    SCORES: [_identity_index(SCORES)],
+    GRAPHS: [_identity_index(GRAPHS), IndexModel([(_ID, 1), ("graph_id", 1)], name="by_dictionary")],
+    f"{BLOB_BUCKET}.files": [
+        IndexModel([("metadata.key", 1)], name="by_owner"),
+        IndexModel([("metadata.dictionary_id", 1)], name="by_dictionary"),
+    ],
+}
+
+_INDEX_CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+def ensure_indexes(db: Database) -> dict[str, list[str]]:
+    """Create every index (idempotent). An index of ours whose spec changed is dropped and rebuilt."""
+    created: dict[str, list[str]] = {}
+    for collection, models in INDEXES.items():
+        coll = db[collection]
+        names = []
+        for model in models:
+            try:
+                names.extend(coll.create_indexes([model]))
+            except OperationFailure as err:
+                if err.code not in _INDEX_CONFLICT_CODES:
+                    raise
+                coll.drop_index(model.document["name"])
+                names.extend(coll.create_indexes([model]))
+        created[collection] = names
+    return created

@@ -1,0 +1,227 @@
+"""Idempotent writes: every write is an upsert keyed by the record's identity, in batches.
+
+A retried job never duplicates a record and a re-run replaces it (``replace=False`` merges fields
+instead). Oversize documents spill their largest fields to GridFS (see ``raysae.store.documents``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import gridfs
+from pymongo import ReplaceOne, UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from raysae.config.store import StoreConfig
+from raysae.store import schema as s
+from raysae.store import validate as v
+from raysae.store.documents import Document, check_feature_fields, owner_key, spill_oversize, to_storable
+
+
+class StoreWrites:
+    """The write half of ``Store`` (a mixin: Store provides the attributes below)."""
+
+    config: StoreConfig
+    db: Database
+    fs: gridfs.GridFS
+
+    _retry: Callable[[str, Callable[[], Any]], Any]
+
+    def _upsert_many(
+        self, collection: str, items: Iterable[tuple[Document, Mapping[str, Any]]], replace: bool = True
+    ) -> int:
+        """Upsert (identity, body) pairs in batches; returns the number of documents written."""
+        coll = self.db[collection]
+        identity_fields = s.IDENTITY[collection]
+        written = 0
+        batch: dict[str, tuple[Document, Document, list[str]]] = {}
+
+        def flush() -> None:
+            nonlocal written
+            if batch:
+                written += self._write_batch(coll, list(batch.values()), replace)
+                batch.clear()
+
+        for identity, body in items:
+            key = owner_key(collection, identity)
+            doc = to_storable(body)
+            for field in identity_fields:
+                if field in doc and doc[field] != identity[field]:
+                    raise ValueError(
+                        f"{key}: document has {field}={doc[field]!r}, expected {identity[field]!r}"
+                    )
+            doc.pop("_id", None)
+            if collection == s.FEATURES:
+                check_feature_fields(doc, key)
+            doc = {**identity, **doc, s.UPDATED_AT: datetime.now(UTC)}
+            fs = self.fs if self.config.spill_to_gridfs else None
+            meta = {"collection": collection, "dictionary_id": doc.get("dictionary_id")}
+            doc, file_ids = self._retry(
+                "writing GridFS blobs",
+                lambda doc=doc, key=key, fs=fs, meta=meta: spill_oversize(
+                    doc,
+                    limit=self.config.max_document_bytes,
+                    fs=fs,
+                    key=key,
+                    protected=(*identity_fields, s.UPDATED_AT, "dictionary_id"),
+                    metadata=meta,
+                ),
+            )
+            batch[key] = (identity, doc, file_ids)  # the last write of an identity in a batch wins
+            if len(batch) >= self.config.batch_size:
+                flush()
+        flush()
+        return written
+
+    def _write_batch(
+        self, coll: Collection, batch: list[tuple[Document, Document, list[str]]], replace: bool
+    ) -> int:
+        if replace:
+            ops: list[Any] = [ReplaceOne(ident, doc, upsert=True) for ident, doc, _ in batch]
+        else:
+            ops = [UpdateOne(ident, {"$set": doc}, upsert=True) for ident, doc, _ in batch]
+        result = self._retry(f"writing {len(ops)} {coll.name}", lambda: coll.bulk_write(ops, ordered=False))
+        if self.config.spill_to_gridfs:
+            self._retry(
+                "removing stale GridFS blobs", lambda: self._drop_stale_blobs(coll.name, batch, replace)
+            )
+        return result.upserted_count + result.matched_count
+
+    def _drop_stale_blobs(
+        self, collection: str, batch: list[tuple[Document, Document, list[str]]], replace: bool
+    ) -> None:
+        """Delete GridFS files of fields that these writes replaced (or, with replace, dropped)."""
+        owners = {owner_key(collection, ident): (set(doc), set(ids)) for ident, doc, ids in batch}
+        files = self.db[f"{s.BLOB_BUCKET}.files"]
+        for f in files.find({"metadata.key": {"$in": list(owners)}}, {"_id": 1, "metadata": 1}):
+            fields, keep = owners[f["metadata"]["key"]]
+            if f["_id"] not in keep and (replace or f["metadata"].get("field") in fields):
+                self.fs.delete(f["_id"])
+
+    def upsert_dictionary(self, dictionary_id: str, doc: Mapping[str, Any], *, replace: bool = True) -> None:
+        """Write the record of one dictionary (replace=False merges fields into an existing record)."""
+        ident = {"dictionary_id": v.as_id(dictionary_id, "dictionary_id")}
+        self._upsert_many(s.DICTIONARIES, [(ident, doc)], replace)
+
+    def upsert_features(
+        self, dictionary_id: str, hook: str, docs: Iterable[Mapping[str, Any]], *, replace: bool = True
+    ) -> int:
+        """Write feature documents of one hook, each carrying its ``index``; returns how many were written."""
+        d, h = v.as_id(dictionary_id, "dictionary_id"), v.as_id(hook, "hook")
+        items = ((v.feature_identity(d, h, _field(doc, "index")), doc) for doc in docs)
+        return self._upsert_many(s.FEATURES, items, replace)
+
+    def upsert_analysis(
+        self, dictionary_id: str, analysis_id: str, doc: Mapping[str, Any], *, replace: bool = True
+    ) -> None:
+        """Write the record of one analysis run of a dictionary."""
+        ident = {
+            "dictionary_id": v.as_id(dictionary_id, "dictionary_id"),
+            "analysis_id": v.as_id(analysis_id, "analysis_id"),
+        }
+        self._upsert_many(s.ANALYSES, [(ident, doc)], replace)
+
+    def upsert_explanations(self, dictionary_id: str, hook: str, docs: Iterable[Mapping[str, Any]]) -> int:
+        """Write explanations; each doc has ``index``, ``explainer`` and ``explanation`` (text)."""
+        d, h = v.as_id(dictionary_id, "dictionary_id"), v.as_id(hook, "hook")
+
+        def items() -> Iterable[tuple[Document, Mapping[str, Any]]]:
+            for doc in docs:
+                ident = {
+                    **v.feature_identity(d, h, _field(doc, "index")),
+                    "explainer": v.as_id(_field(doc, "explainer"), "explainer"),
+                }
+                if not isinstance(doc.get(s.EXPLANATION), str):
+                    raise ValueError(f"explanation of {ident} must be a string")
+                yield ident, doc
+
+        return self._upsert_many(s.EXPLANATIONS, items())
+
+    def upsert_explanation(
+        self, dictionary_id: str, hook: str, index: int, explainer: str, explanation: str, **extra: Any
+    ) -> None:
+        """Write one explanation of a feature by ``explainer`` (e.g. the model name)."""
+        self.upsert_explanations(
+            dictionary_id,
+            hook,
+            [{**extra, "index": index, "explainer": explainer, s.EXPLANATION: explanation}],
+        )
+
+    def upsert_scores(self, dictionary_id: str, hook: str, docs: Iterable[Mapping[str, Any]]) -> int:
+        """Write scores; each doc has ``index``, ``explainer``, ``scorer`` and a numeric ``score``."""
+        d, h = v.as_id(dictionary_id, "dictionary_id"), v.as_id(hook, "hook")
+
+        def items() -> Iterable[tuple[Document, Mapping[str, Any]]]:
+            for doc in docs:
+                ident = {
+                    **v.feature_identity(d, h, _field(doc, "index")),
+                    "explainer": v.as_id(_field(doc, "explainer"), "explainer"),
+                    "scorer": v.as_id(_field(doc, "scorer"), "scorer"),
+                }
+                score = doc.get(s.SCORE)
+                if isinstance(score, bool) or not isinstance(score, (int, float)):
+                    raise ValueError(f"score of {ident} must be a number, got {type(score).__name__}")
+                yield ident, doc
+
+        return self._upsert_many(s.SCORES, items())
+
+    def upsert_score(
+        self,
+        dictionary_id: str,
+        hook: str,
+        index: int,
+        explainer: str,
+        scorer: str,
+        score: float,
+        **extra: Any,
+    ) -> None:
+        """Write the score that ``scorer`` gave to ``explainer``'s explanation of a feature."""
+        doc = {**extra, "index": index, "explainer": explainer, "scorer": scorer, s.SCORE: score}
+        self.upsert_scores(dictionary_id, hook, [doc])
+
+    def upsert_graph(
+        self, graph_id: str, doc: Mapping[str, Any], *, dictionary_id: str | None = None
+    ) -> None:
+        """Write an attribution graph (large ones spill their biggest fields to GridFS)."""
+        body = dict(doc)
+        if dictionary_id is not None:
+            body["dictionary_id"] = v.as_id(dictionary_id, "dictionary_id")
+        self._upsert_many(s.GRAPHS, [({"graph_id": v.as_id(graph_id, "graph_id")}, body)])
+
+    def delete_dictionary(self, dictionary_id: str) -> dict[str, int]:
+        """Delete a dictionary and everything about it (features, analyses, explanations, scores, graphs,
+        GridFS blobs); returns deleted counts per collection. The dictionary record goes last, so an
+        interrupted delete can simply be repeated."""
+        d = v.as_id(dictionary_id, "dictionary_id")
+        counts: dict[str, int] = {}
+        for name in (s.FEATURES, s.ANALYSES, s.EXPLANATIONS, s.SCORES, s.GRAPHS):
+            coll = self.db[name]
+            counts[name] = self._retry(
+                f"deleting {name} of {d}",
+                lambda coll=coll: coll.delete_many({"dictionary_id": d}).deleted_count,
+            )
+
+        def drop_blobs() -> int:
+            ids = [
+                f["_id"]
+                for f in self.db[f"{s.BLOB_BUCKET}.files"].find({"metadata.dictionary_id": d}, {"_id": 1})
+            ]
+            for file_id in ids:
+                self.fs.delete(file_id)
+            return len(ids)
+
+        counts["blobs"] = self._retry(f"deleting GridFS blobs of {d}", drop_blobs)
+        coll = self.db[s.DICTIONARIES]
+        counts[s.DICTIONARIES] = self._retry(
+            f"deleting dictionary {d}", lambda: coll.delete_many({"dictionary_id": d}).deleted_count
+        )
+        return counts
+
+
+def _field(doc: Any, name: str) -> Any:
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"each document must be a mapping, got {type(doc).__name__}")
+    return doc.get(name)
