@@ -140,6 +140,10 @@ class Trainer:
         self._window_tokens += n_tokens
         self.state.tokens_seen += n_tokens
 
+    def add_data_wait(self, seconds: float) -> None:
+        """Account time spent waiting for the next batch (reported as perf/data_wait_fraction)."""
+        self._data_wait += seconds
+
     # ---- metrics --------------------------------------------------------------------------------
     @torch.no_grad()
     def metrics(self, out: LossOutput) -> dict[str, float]:
@@ -210,7 +214,7 @@ class Trainer:
             while self.state.step < total:
                 t0 = time.perf_counter()
                 batch = next(it, None)
-                self._data_wait += time.perf_counter() - t0
+                self.add_data_wait(time.perf_counter() - t0)
                 if batch is None:
                     break
                 out = self.step(batch)
