@@ -10,11 +10,18 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = [
     "raysae.commands",
+    "raysae.train.commands",
+    "raysae.eval.commands",
+    "raysae.data.commands",
+    "raysae.store.commands",
+    "raysae.analysis.commands",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raysae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="raysae", description="Train and analyse sparse dictionaries on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)

@@ -7,68 +7,86 @@ import json
 import time
 from pathlib import Path
 
-from raysae.config import CLTConfig, CrossCoderConfig, SAEConfig, TrainerConfig, field_reference
+from raysae.config.base import StrictModel, field_reference, read_config_file
+
+QUICKSTART_CONFIG = Path(__file__).parent / "quickstart.yaml"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="train and evaluate a dictionary on embedded defaults")
-    p.add_argument("--out", default="runs/quickstart", help="output folder")
+    p = sub.add_parser(
+        "quickstart",
+        help="train a TopK SAE on SmolLM2 + Shakespeare on a local Ray cluster, then evaluate it",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: runs/quickstart)")
+    p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for the evaluation")
     p.set_defaults(func=quickstart)
     p = sub.add_parser("config-docs", help="print the configuration reference as Markdown")
     p.set_defaults(func=config_docs)
 
 
+def quickstart_settings(out: str | None = None):
+    """The embedded quickstart settings (raysae/quickstart.yaml, also jobs/configs/quickstart.yaml)."""
+    from raysae.config.run import train_settings_from_dict
+
+    settings = train_settings_from_dict(read_config_file(QUICKSTART_CONFIG))
+    if out:
+        settings.output_dir = out
+    return settings
+
+
 def quickstart(args: argparse.Namespace) -> int:
-    """Synthetic ground-truth run: a TopK SAE on activations built from 512 known features.
+    """Local Ray, bundled model and corpus: stream, train on 2 workers, export, evaluate, report."""
+    import ray
 
-    This exercises the trainer end to end in about a minute. The real-model quickstart (SmolLM2
-    activations streamed from Ray Data into Ray Train) replaces it once that pipeline lands."""
-    import torch
+    import raysae
+    from raysae.config.evaluation import EvalConfig
+    from raysae.eval.commands import format_table
+    from raysae.eval.evaluate import evaluate
+    from raysae.train.ray_setup import ensure_ray
+    from raysae.train.ray_train import train
 
-    from raysae.dictionaries import build_dictionary, load_dictionary
-    from raysae.synthetic import SparseGroundTruth
-    from raysae.train import JsonlSink, Trainer
-
-    out = Path(args.out)
-    gt = SparseGroundTruth(d_model=128, n_features=512, active_per_sample=6)
-    sae_cfg = SAEConfig(d_model=128, d_sae=1024, act_fn="topk", top_k=6, hook_point_in="synthetic")
-    steps, batch = 1500, 512
-    trainer_cfg = TrainerConfig(
-        lr=2e-3,
-        batch_size=batch,
-        total_training_tokens=steps * batch,
-        log_every_steps=100,
-        lr_warmup_steps=50,
-    )
+    settings = quickstart_settings(args.out)
     t0 = time.perf_counter()
-    trainer = Trainer(trainer_cfg, sinks=[JsonlSink(out / "metrics.jsonl")])
-    sae = trainer.fit(build_dictionary(sae_cfg), gt.batches(batch, steps))
-    sae.save(out / "dictionary")
-    reloaded = load_dictionary(out / "dictionary").eval()
-    held_out = gt.sample(8192, torch.Generator().manual_seed(12345))
-    from raysae.eval import metrics as M
-
-    with torch.no_grad():
-        z = reloaded.encode(held_out)
-        recon = reloaded.decode(z)
-    recovered = float((gt.recovery(reloaded.W_dec.detach()) >= 0.9).float().mean())
-    result = {
-        "explained_variance": float(M.explained_variance(held_out, recon)),
-        "mse": float(M.mse(held_out, recon)),
-        "l0": float(M.l0(z)),
-        "dead_fraction": M.dead_fraction(M.firing_counts(z)),
-        "ground_truth_features_recovered": recovered,
-        "seconds": time.perf_counter() - t0,
-    }
-    (out / "eval.json").write_text(json.dumps(result, indent=2))
-    print(f"dictionary: {out / 'dictionary'}\nmetrics:    {out / 'eval.json'}")
-    for k, v in result.items():
-        print(f"  {k:32s} {v:.4f}")
+    ensure_ray(None)
+    try:
+        result = train(settings)
+    finally:
+        ray.shutdown()
+    trained = time.perf_counter() - t0
+    cfg = EvalConfig()
+    cfg.activations.total_tokens = args.eval_tokens
+    metrics = evaluate(raysae.load_dictionary(result.dictionary_path), cfg)
+    metrics["train_seconds"] = trained
+    metrics["train_tokens"] = result.tokens
+    out = Path(settings.output_dir) / "eval.json"
+    out.write_text(json.dumps(metrics, indent=2))
+    print(format_table(metrics))
+    print(
+        f"dictionary: {result.dictionary_path}\nmetrics:    {out}\nhistory:    {Path(settings.output_dir) / 'metrics.jsonl'}"
+    )
+    print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 
 
+def _settings_models() -> list[type[StrictModel]]:
+    from raysae.config.analysis import AnalysisConfig
+    from raysae.config.evaluation import EvalConfig
+    from raysae.config.run import TrainCLTSettings, TrainCrossCoderSettings, TrainSAESettings
+    from raysae.config.store import StoreConfig
+
+    return [
+        TrainSAESettings,
+        TrainCLTSettings,
+        TrainCrossCoderSettings,
+        EvalConfig,
+        StoreConfig,
+        AnalysisConfig,
+    ]
+
+
 def config_docs(args: argparse.Namespace) -> int:
-    for model in (SAEConfig, CLTConfig, CrossCoderConfig, TrainerConfig):
+    """Markdown tables of every field of every top-level settings model (nested ones inlined)."""
+    for model in _settings_models():
         print(f"### {model.__name__}\n\n{(model.__doc__ or '').strip()}\n")
         print("| field | type | default | description |\n|---|---|---|---|")
         for name, typ, default, desc in field_reference(model):

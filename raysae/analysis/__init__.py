@@ -1,1 +1,34 @@
-"""raysae.analysis."""
+"""Feature analysis: per-feature statistics, top-activating and quantile-sampled examples, and direct
+logit attribution, computed by a Ray Data actor pool, merged exactly and written to MongoDB.
+
+Names are imported on first use, so ``import raysae.analysis.commands`` (the CLI) stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AnalysisError": "raysae.analysis.worker",
+    "AnalysisResult": "raysae.analysis.job",
+    "DLAReadout": "raysae.analysis.dla",
+    "FeatureAnalyzer": "raysae.analysis.worker",
+    "FeatureLayout": "raysae.analysis.layout",
+    "Partial": "raysae.analysis.partial",
+    "StatsMerger": "raysae.analysis.merge",
+    "analyze": "raysae.analysis.job",
+    "decoder_directions": "raysae.analysis.layout",
+    "encode_rows": "raysae.analysis.layout",
+    "feature_documents": "raysae.analysis.documents",
+    "histogram_edges": "raysae.analysis.partial",
+    "sample_keys": "raysae.analysis.partial",
+    "top_dla_tokens": "raysae.analysis.dla",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'raysae.analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

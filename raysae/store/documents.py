@@ -22,6 +22,9 @@ SPILL_KEY = "__gridfs__"
 Document = dict[str, Any]
 
 
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
 def to_storable(value: Any, path: str = "") -> Any:
     """Copy ``value`` into BSON-friendly types (numpy arrays/scalars become lists/Python numbers).
 
@@ -40,6 +43,8 @@ def to_storable(value: Any, path: str = "") -> Any:
             out[key] = to_storable(item, f"{path}{key}.")
         return out
     if isinstance(value, (list, tuple)):
+        if all(type(item) in _PLAIN for item in value):  # fast path: token lists, activations
+            return list(value)
         return [to_storable(item, path) for item in value]
     if type(value).__module__ == "numpy":  # ndarray and numpy scalars, without importing numpy
         return value.tolist()

@@ -1,0 +1,116 @@
+"""``raysae analyze CHECKPOINT``: per-feature statistics, examples and DLA of a saved dictionary → MongoDB."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from raysae.config.analysis import AnalysisConfig
+from raysae.config.base import ConfigError, format_validation_error, read_config_file
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``analyze`` sub-command; its ``func`` takes the parsed args and returns an exit code."""
+    p = subparsers.add_parser(
+        "analyze",
+        help="analyse every feature of a dictionary over a corpus and store the results in MongoDB",
+        description=(
+            "Run the dictionary saved at CHECKPOINT over a text corpus on a Ray actor pool and store, for "
+            "every feature: frequency, mean and max activation, a log-spaced histogram, top-activating and "
+            "quantile-sampled examples, and direct logit attribution. Re-running replaces the documents."
+        ),
+    )
+    p.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="dictionary folder written by dictionary.save (config.json + weights)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML, TOML or JSON analysis settings (top level, or an `analysis:` section)",
+    )
+    p.add_argument("--dictionary-id", default=None, help="id in the store (default: the folder's name)")
+    p.add_argument("--analysis-id", default=None, help="id of the run's record (default: derived)")
+    p.add_argument("--total-tokens", type=int, default=None, help="analyse at most this many tokens")
+    p.add_argument("--mongo-uri", default=None, help="MongoDB URI (default: config, then MONGO_URI)")
+    p.add_argument("--mongo-db", default=None, help="database (default: config, then MONGO_DB)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument("--local", action="store_true", help="one model in this process, without Ray")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_analyze)
+
+
+def load_analysis_config(path: str | None, args: argparse.Namespace | None = None) -> AnalysisConfig:
+    """Settings from ``path`` (whole file or its ``analysis`` section) with command-line overrides."""
+    data = read_config_file(path) if path else {}
+    if "analysis" in data:
+        data = data["analysis"]
+    if args is not None:
+        for key, value in (("dictionary_id", args.dictionary_id), ("analysis_id", args.analysis_id)):
+            if value is not None:
+                data[key] = value
+        if args.total_tokens is not None:
+            data.setdefault("activations", {})["total_tokens"] = args.total_tokens
+        for key, value in (("uri", args.mongo_uri), ("db", args.mongo_db)):
+            if value is not None:
+                data.setdefault("store", {})[key] = value
+    try:
+        return AnalysisConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, path or "command line")) from err
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Body of ``raysae analyze``: 0 on success, 1 with a one-paragraph message on a user error."""
+    from raysae.analysis.worker import AnalysisError
+    from raysae.data.resources import ResourceError
+    from raysae.data.sources import TextSourceError
+    from raysae.dictionaries import DictionaryFormatError
+    from raysae.lm.errors import ModelLoadError
+    from raysae.lm.hooks import HookError
+    from raysae.store import StoreError
+
+    user_errors = (
+        AnalysisError,
+        ConfigError,
+        DictionaryFormatError,
+        ResourceError,
+        ModelLoadError,
+        TextSourceError,
+        HookError,
+        StoreError,
+    )
+    try:
+        cfg = load_analysis_config(args.config, args)
+        result = _run(args, cfg)
+    except user_errors as err:
+        print(f"raysae analyze: error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"{result.dictionary_id}: {result.features_written} feature documents from {result.n_tokens} tokens "
+        f"({result.n_windows} windows) in {result.seconds:.1f} s; analysis {result.analysis_id}"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace, cfg: AnalysisConfig):
+    from raysae.analysis.job import analyze
+
+    progress = not args.no_progress
+    if args.local:
+        return analyze(args.checkpoint, cfg, use_ray=False, progress=progress)
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=args.address)
+    try:
+        return analyze(args.checkpoint, cfg, use_ray=True, progress=progress)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,82 @@
+"""``raysae cache CONFIG``: compute activations and write (or resume) an activation cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from raysae.config.base import ConfigError, format_validation_error, read_config_file
+from raysae.config.data import CacheJobConfig
+from raysae.data.manifest import CacheError
+from raysae.data.resources import ResourceError
+from raysae.data.sources import TextSourceError
+from raysae.lm.errors import ModelLoadError
+from raysae.lm.hooks import HookError
+
+SECTIONS = ("activations", "cache")
+USER_ERRORS = (ConfigError, CacheError, ResourceError, ModelLoadError, TextSourceError, HookError)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``cache`` sub-command; its ``func`` takes the parsed args and returns an exit code."""
+    p = subparsers.add_parser(
+        "cache",
+        help="compute activations and write an activation cache (resumes an interrupted one)",
+        description=(
+            "Run the activation pipeline described by the `activations:` section of CONFIG and store the "
+            "rows in the cache described by its `cache:` section (other top-level sections are ignored, "
+            "so one file can also configure training). Re-running after a kill resumes."
+        ),
+    )
+    p.add_argument("config", help="YAML, TOML or JSON file with `activations:` and `cache:` sections")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument("--local", action="store_true", help="one model in this process, without Ray")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_cache)
+
+
+def load_cache_job(path: str) -> CacheJobConfig:
+    """Validate the `activations` and `cache` sections of a config file; errors name file and field."""
+    data = read_config_file(path)
+    try:
+        return CacheJobConfig.model_validate({k: data[k] for k in SECTIONS if k in data})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, path)) from err
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    """Body of ``raysae cache``: 0 on success, 1 with a one-paragraph message on a user error."""
+    try:
+        job = load_cache_job(args.config)
+        manifest = _write(job, args)
+    except USER_ERRORS as err:
+        print(f"raysae cache: error: {err}", file=sys.stderr)
+        return 1
+    size = sum(s.bytes for s in manifest.shards)
+    print(
+        f"{job.cache.dir}: {manifest.rows} activation rows of {len(manifest.hooks)} hook(s) "
+        f"({', '.join(manifest.hooks)}) in {len(manifest.shards)} shards, {size / 2**20:.1f} MiB"
+    )
+    return 0
+
+
+def _write(job: CacheJobConfig, args: argparse.Namespace):
+    from raysae.data.cache import write_cache
+
+    progress = not args.no_progress
+    if args.local:
+        return write_cache(job, use_ray=False, progress=progress)
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=args.address)
+    try:
+        return write_cache(job, use_ray=True, progress=progress)
+    finally:
+        if started:
+            ray.shutdown()

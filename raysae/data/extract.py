@@ -1,0 +1,114 @@
+"""Token windows to activation rows, in-process: the code each Ray replica runs, and a plain loop.
+
+A row is one kept token: a column per hook ([d_model] each) plus token_id, doc_id, position and
+window_id. ``ActivationSource`` runs the same code in the calling process, for small runs, tests and
+analysis (its ``windows()`` keeps the [n, T, d] layout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from raysae.config.data import ActivationsConfig, ModelConfig
+from raysae.data.batching import META_COLUMNS, rebatch
+from raysae.data.tokens import WindowBatch, token_windows
+from raysae.lm.loader import DTYPES
+from raysae.lm.model import LanguageModel
+
+__all__ = ["META_COLUMNS", "ActivationExtractor", "ActivationSource", "WindowActivations", "activation_rows"]
+
+
+def activation_rows(
+    batch: WindowBatch, acts: dict[str, Tensor], out_dtype: torch.dtype | None = None
+) -> dict[str, np.ndarray]:
+    """Flatten the kept tokens of a window batch into columns (hooks [N, d], metadata [N])."""
+    keep = batch.keep.reshape(-1)
+    n, t = batch.tokens.shape
+    rows = {
+        "token_id": batch.tokens.reshape(-1)[keep],
+        "doc_id": batch.doc_ids.reshape(-1)[keep],
+        "position": batch.positions.reshape(-1)[keep],
+        "window_id": np.repeat(batch.window_ids, t)[keep],
+    }
+    keep_t = torch.from_numpy(keep)
+    for hook, a in acts.items():
+        flat = a.reshape(n * t, a.shape[-1])[keep_t.to(a.device)]
+        if out_dtype is not None:
+            flat = flat.to(out_dtype)
+        rows[hook] = _to_numpy(flat)
+    return rows
+
+
+def _to_numpy(t: Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: keep the bits in a float32 (exact)
+        t = t.float()
+    return t.numpy()
+
+
+class ActivationExtractor:
+    """Callable for ``Dataset.map_batches``: holds one model replica, maps window batches to rows."""
+
+    def __init__(self, model: ModelConfig, hooks: list[str], num_threads: int | None = None):
+        if num_threads is not None and model.num_threads is None:
+            torch.set_num_threads(num_threads)
+        self.lm = LanguageModel.from_config(model)
+        self.lm.check_hooks(hooks)
+        self.hooks = list(hooks)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        windows = WindowBatch.from_dict(batch)
+        acts = self.lm.run_with_hooks(torch.from_numpy(windows.tokens), self.hooks)
+        return activation_rows(windows, acts)
+
+
+@dataclass
+class WindowActivations:
+    """A forward batch: the windows and their activations {hook: [n, T, d]} (every position, kept or not)."""
+
+    windows: WindowBatch
+    acts: dict[str, Tensor]
+
+
+class ActivationSource:
+    """Activations computed in this process from ``cfg`` (no Ray): windows, rows or training batches."""
+
+    def __init__(self, cfg: ActivationsConfig, lm: LanguageModel | None = None):
+        self.cfg = cfg
+        self.lm = lm if lm is not None else LanguageModel.from_config(cfg.model)
+        self.lm.check_hooks(cfg.hooks)
+
+    def token_windows(self, skip_windows: int = 0) -> Iterator[WindowBatch]:
+        """The token windows of ``cfg`` (same stream as the Ray pipeline)."""
+        return token_windows(
+            self.cfg.text,
+            self.cfg.tokens,
+            self.lm.tokenizer,
+            self.cfg.batch_windows,
+            total_tokens=self.cfg.total_tokens,
+            skip_windows=skip_windows,
+            pad_token_id=self.lm.pad_token_id,
+        )
+
+    def windows(self, skip_windows: int = 0) -> Iterator[WindowActivations]:
+        """One item per forward pass: windows and activations of every position."""
+        for wb in self.token_windows(skip_windows):
+            acts = self.lm.run_with_hooks(torch.from_numpy(wb.tokens), self.cfg.hooks)
+            yield WindowActivations(wb, acts)
+
+    def rows(self, out_dtype: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Activation rows of the kept tokens, one chunk per forward pass."""
+        dtype = DTYPES[out_dtype] if out_dtype else None
+        for item in self.windows():
+            yield activation_rows(item.windows, item.acts, dtype)
+
+    def batches(
+        self, batch_size: int, drop_last: bool = False, meta: bool = False, device: str | None = None
+    ) -> Iterator[dict[str, Tensor]]:
+        """Training batches {hook: [batch_size, d]} (plus metadata columns when ``meta``)."""
+        return rebatch(self.rows(), batch_size, self.cfg.hooks, drop_last=drop_last, meta=meta, device=device)

@@ -1,0 +1,144 @@
+"""The streaming activation pipeline on Ray Data.
+
+One read task tokenises and packs the text (a single task, so the stream is deterministic) → a fixed
+actor pool (``ActorPoolStrategy``), one model replica per actor, maps window batches to activation
+rows. Ray Data's streaming executor bounds what sits in the object store, so a run never holds the
+whole dataset. Rows: a float column per hook ([d_model]) and int64 token_id, doc_id, position, window_id.
+
+Ray Data hands the read task's output on in blocks of up to ``target_max_block_size`` (128 MiB, about
+5M tokens), so the first activations appear once that much text (or the whole budget) is tokenised;
+tokens are ~1 % of the bytes of their activations, so the activations are what streaming bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import ray
+from ray.data import ActorPoolStrategy, DataContext, Dataset
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from raysae.config.data import ActivationsConfig
+from raysae.data.batching import rebatch
+from raysae.data.extract import ActivationExtractor
+from raysae.data.resources import ResourcePlan, cluster_plan
+from raysae.data.tokens import token_windows
+from raysae.lm.loader import load_tokenizer, model_source
+
+log = logging.getLogger(__name__)
+
+
+class TokenWindowDatasource(Datasource):
+    """Ray Data source of token-window batches (one block per forward batch) from one read task."""
+
+    def __init__(self, cfg: ActivationsConfig, skip_windows: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.skip_windows = skip_windows
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
+        cfg, skip = self.cfg, self.skip_windows
+
+        def read() -> Iterator:
+            tokenizer = load_tokenizer(cfg.model)
+            for wb in token_windows(
+                cfg.text, cfg.tokens, tokenizer, cfg.batch_windows, cfg.total_tokens, skip_windows=skip
+            ):
+                yield BlockAccessor.batch_to_block(wb.to_dict())
+
+        meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None)
+        return [ReadTask(read, meta)]
+
+
+def read_blocks(cfg: ActivationsConfig) -> int | None:
+    """How many blocks Ray Data should cut the token stream into, so each replica task gets about one
+    forward batch (None: Ray's default when the budget is unknown).
+
+    Ray Data merges what one read task yields into blocks of up to ``target_max_block_size`` before
+    passing them on, and splits each such block into ``override_num_blocks`` pieces (with one read
+    task). Without the split one replica would get every window at once.
+    """
+    if cfg.total_tokens is None:
+        return None
+    t = cfg.tokens.context_size
+    windows = math.ceil(cfg.total_tokens / max(1, t - 1))
+    window_bytes = t * (3 * 8 + 1) + 8  # tokens, doc_ids, positions (int64), keep (bool), window_id
+    per_block = max(1, (DataContext.get_current().target_max_block_size or 2**27) // window_bytes)
+    return max(1, min(100_000, math.ceil(min(windows, per_block) / cfg.batch_windows)))
+
+
+def activation_dataset(
+    cfg: ActivationsConfig,
+    plan: ResourcePlan | None = None,
+    skip_windows: int = 0,
+    preserve_order: bool = False,
+) -> Dataset:
+    """A lazy Ray Dataset of activation rows for ``cfg`` (Ray must be initialised).
+
+    ``plan`` defaults to ``cluster_plan(cfg.resources, cfg.model.device)``; pass one computed with
+    train workers set aside when a Ray Train job consumes the rows. ``preserve_order`` keeps the rows
+    in window order (the cache writer needs it); otherwise replicas' outputs interleave.
+    """
+    plan = plan or cluster_plan(cfg.resources, cfg.model.device)
+    model_source(cfg.model)  # dequantise the bundled model once here, not in every replica
+    log.info("activation pipeline: %s", plan.describe())
+    windows = ray.data.read_datasource(
+        TokenWindowDatasource(cfg, skip_windows),
+        num_cpus=plan.read_cpus,
+        override_num_blocks=read_blocks(cfg),
+    )
+    ds = windows.map_batches(
+        ActivationExtractor,
+        fn_constructor_kwargs={
+            "model": cfg.model,
+            "hooks": list(cfg.hooks),
+            "num_threads": plan.torch_threads,
+        },
+        batch_size=cfg.batch_windows,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(
+            size=plan.replicas, max_tasks_in_flight_per_actor=plan.max_tasks_in_flight_per_replica
+        ),
+        num_cpus=plan.cpus_per_replica,
+        num_gpus=plan.gpus_per_replica or None,
+    )
+    ds.context.execution_options.preserve_order = preserve_order
+    return ds
+
+
+def iter_row_chunks(
+    ds: Dataset, progress: bool = True, total: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream a dataset's blocks as numpy column dicts, with a terminal progress bar counting rows."""
+    bar = tqdm(total=total, unit="tok", desc="activations", disable=not progress, dynamic_ncols=True)
+    try:
+        for chunk in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            n = len(chunk["token_id"]) if "token_id" in chunk else len(next(iter(chunk.values())))
+            bar.update(n)
+            yield chunk
+    finally:
+        bar.close()
+
+
+def pipeline_batches(
+    cfg: ActivationsConfig,
+    batch_size: int,
+    plan: ResourcePlan | None = None,
+    drop_last: bool = False,
+    meta: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> Iterator[dict[str, Tensor]]:
+    """Training batches {hook: [batch_size, d]} streamed from the Ray pipeline to this process."""
+    ds = activation_dataset(cfg, plan)
+    chunks = iter_row_chunks(ds, progress=progress, total=cfg.total_tokens)
+    return rebatch(chunks, batch_size, cfg.hooks, drop_last=drop_last, meta=meta, device=device)

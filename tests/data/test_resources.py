@@ -1,0 +1,63 @@
+"""The cluster split: replicas, CPUs and GPUs per part, and clear failures when it cannot fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from raysae.config.data import ResourcesConfig
+from raysae.data.resources import ResourceError, plan_resources
+
+
+def plan(cluster, device="auto", **kw):
+    return plan_resources(cluster, ResourcesConfig(**kw), device)
+
+
+def test_two_cpus_alone():
+    p = plan({"CPU": 2.0})
+    assert (p.replicas, p.cpus_per_replica, p.gpus_per_replica, p.torch_threads) == (1, 1.75, 0, 2)
+    p = plan({"CPU": 2.0}, replicas=2)
+    assert (p.replicas, p.cpus_per_replica, p.torch_threads) == (2, 0.875, 1)
+    assert p.replicas * p.cpus_per_replica + p.read_cpus <= 2
+
+
+def test_two_cpus_beside_training():
+    p = plan({"CPU": 2.0}, train_workers=2, cpus_per_train_worker=0.25, cpus_per_replica=0.5, replicas=2)
+    assert p.replicas * p.cpus_per_replica + p.read_cpus + 2 * 0.25 <= 2
+    p = plan({"CPU": 2.0}, train_workers=2)
+    assert p.replicas == 1 and p.cpus_per_replica == pytest.approx(1.25)
+
+
+def test_many_cpus_make_many_replicas():
+    p = plan({"CPU": 16.0}, cpus_per_replica=2)
+    assert (p.replicas, p.torch_threads) == (7, 2)
+
+
+def test_gpus_one_replica_each():
+    p = plan({"CPU": 16.0, "GPU": 4.0})
+    assert (p.replicas, p.gpus_per_replica, p.cpus_per_replica) == (4, 1.0, 1.0)
+    p = plan({"CPU": 16.0, "GPU": 4.0}, train_workers=2, gpus_per_train_worker=1, cpus_per_train_worker=1)
+    assert p.replicas == 2
+    p = plan({"CPU": 8.0, "GPU": 1.0}, gpus_per_replica=0.5)
+    assert p.replicas == 2
+    assert plan({"CPU": 4.0, "GPU": 1.0}, device="cpu").gpus_per_replica == 0
+
+
+@pytest.mark.parametrize(
+    ("cluster", "kw", "device", "message"),
+    [
+        ({"CPU": 1.0}, {"train_workers": 4}, "auto", "no CPU left for model replicas"),
+        (
+            {"CPU": 2.0},
+            {"replicas": 3, "cpus_per_replica": 1},
+            "auto",
+            r"3 replicas × 1 CPU = 3 CPU, but only 1\.75",
+        ),
+        ({"CPU": 2.0}, {}, "cuda", "the cluster has no GPU"),
+        ({"CPU": 8.0, "GPU": 1.0}, {"replicas": 2}, "auto", r"2 replicas × 1 GPU = 2 GPU, but only 1 GPU"),
+        ({"CPU": 8.0, "GPU": 1.0}, {"train_workers": 1, "gpus_per_train_worker": 1}, "auto", "no GPU left"),
+        ({"CPU": 8.0}, {"gpus_per_replica": 1}, "auto", "but the model runs on cpu"),
+    ],
+)
+def test_impossible_splits_fail_at_once(cluster, kw, device, message):
+    with pytest.raises(ResourceError, match=message):
+        plan(cluster, device, **kw)
