@@ -42,7 +42,7 @@ def quickstart(args: argparse.Namespace) -> int:
     from raysae.config.evaluation import EvalConfig
     from raysae.eval.commands import format_table
     from raysae.eval.evaluate import evaluate
-    from raysae.train.ray_setup import ensure_ray
+    from raysae.ray_session import ensure_ray
     from raysae.train.ray_train import train
 
     settings = quickstart_settings(args.out)

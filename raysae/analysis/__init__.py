@@ -6,8 +6,7 @@ Names are imported on first use, so ``import raysae.analysis.commands`` (the CLI
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from raysae._lazy import lazy_exports
 
 _EXPORTS = {
     "AnalysisError": "raysae.analysis.worker",
@@ -25,10 +24,4 @@ _EXPORTS = {
     "sample_keys": "raysae.analysis.partial",
     "top_dla_tokens": "raysae.analysis.dla",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'raysae.analysis' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -106,9 +106,9 @@ def _run(args: argparse.Namespace, cfg: AnalysisConfig):
         return analyze(args.checkpoint, cfg, use_ray=False, progress=progress)
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=args.address)
+    from raysae.ray_session import ensure_ray
+
+    started = ensure_ray(args.address)
     try:
         return analyze(args.checkpoint, cfg, use_ray=True, progress=progress)
     finally:

@@ -5,8 +5,7 @@ Names are imported on first use, so ``import raysae.data.commands`` (the CLI) st
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from raysae._lazy import lazy_exports
 
 _EXPORTS = {
     "ActivationCache": "raysae.data.reader",
@@ -33,10 +32,4 @@ _EXPORTS = {
     "token_windows": "raysae.data.tokens",
     "write_cache": "raysae.data.cache",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'raysae.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

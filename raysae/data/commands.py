@@ -72,9 +72,9 @@ def _write(job: CacheJobConfig, args: argparse.Namespace):
         return write_cache(job, use_ray=False, progress=progress)
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=args.address)
+    from raysae.ray_session import ensure_ray
+
+    started = ensure_ray(args.address)
     try:
         return write_cache(job, use_ray=True, progress=progress)
     finally:

@@ -5,8 +5,7 @@ Names are imported on first use, so importing ``raysae.lm.hooks`` does not load 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from raysae._lazy import lazy_exports
 
 _EXPORTS = {
     "HookError": "raysae.lm.hooks",
@@ -23,10 +22,4 @@ _EXPORTS = {
     "resolve_device": "raysae.lm.loader",
     "stop_layer": "raysae.lm.hooks",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'raysae.lm' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,6 @@ starts (mesh, hooks, widths, resources), and build the ``TorchTrainer``."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,18 +13,6 @@ from raysae.config.run import AnyTrainSettings
 
 class SettingsError(ValueError):
     """The run cannot work as configured; raised on the driver before any worker starts."""
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS), else start a local cluster; local auth off by default."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster: no token files
-    ray.init(address=address, include_dashboard=None, log_to_driver=True)
 
 
 def _model_shape(settings: AnyTrainSettings) -> tuple[int, int]:

@@ -189,7 +189,8 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 def train(settings: AnyTrainSettings) -> TrainResult:
     """Run a training job on Ray (joining ``settings.ray.address`` or starting a local cluster)."""
-    from raysae.train.ray_setup import build_trainer, ensure_ray, preflight
+    from raysae.ray_session import ensure_ray
+    from raysae.train.ray_setup import build_trainer, preflight
 
     ensure_ray(settings.ray.address)
     plan = preflight(settings)
