@@ -10,6 +10,7 @@ Ray Train, resume from ``ray.train.get_checkpoint()``, and the export of the fin
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import tempfile
@@ -145,7 +146,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             trainer.state = load_distributed(folder, dictionary, trainer.optimizer)
         for _ in range(trainer.state.step):  # skip what the checkpoint already trained on
             next(data, None)
-    stream = iter([*pending, *data]) if pending else data
+    stream = itertools.chain(pending, data)  # lazily: never materialise the stream
 
     total, out, metrics = tc.total_steps, None, {}
     while trainer.state.step < total:
@@ -169,9 +170,11 @@ def worker_loop(config: dict[str, Any]) -> None:
                 _report(metrics, Path(tmp))
         elif is_log:
             _report(metrics, None)
-    if out is None:
+    if out is None and trainer.state.step == 0:
         raise RuntimeError("training ran no step: the data source yielded fewer rows than one batch")
-    if not metrics or metrics.get("progress/step") != trainer.state.step:
+    if out is None:  # resumed a run that had already finished: export it again
+        metrics = trainer.state.history[-1] if trainer.state.history else {}
+    elif not metrics or metrics.get("progress/step") != trainer.state.step:
         metrics = trainer.metrics(out) | local_memory(dictionary, trainer.optimizer)
         trainer.state.history.append(metrics)
     with tempfile.TemporaryDirectory(prefix="raysae-final-") as tmp:

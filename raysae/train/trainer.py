@@ -151,7 +151,8 @@ class Trainer:
         from raysae.eval import metrics as M
 
         st = self.state
-        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        now = time.perf_counter()
+        elapsed = max(now - self._window_start, 1e-9)  # since the last report: reporting time included
         assert out.label is not None and out.reconstruction is not None and out.feature_acts is not None
         assert st.tokens_since_fired is not None and self._window_fired is not None
         label, recon, z = (to_full(t.detach()) for t in (out.label, out.reconstruction, out.feature_acts))
@@ -175,7 +176,7 @@ class Trainer:
         m["progress/step"] = float(st.step)
         m["progress/tokens"] = float(st.tokens_seen)
         self._window_fired.zero_()
-        self._window_tokens, self._data_wait, self._window_start = 0, 0.0, time.perf_counter()
+        self._window_tokens, self._data_wait, self._window_start = 0, 0.0, now
         return m
 
     # ---- checkpoints ----------------------------------------------------------------------------
