@@ -1,7 +1,7 @@
 """Latency (p50/p99) and throughput of the Serve application's feature lookups under bounded concurrent load.
 
-    .venv/bin/python benchmarks/serve_latency.py [--features 2000] [--requests 1000] [--concurrency 1 8 32]
-        [--mongo-uri URI] [--text-requests 0]
+    .venv/bin/python benchmarks/serve_latency.py [--features 500] [--requests 200] [--concurrency 1 8 32]
+        [--page-size 20] [--mongo-uri URI] [--text-requests 0]
 
 It starts a private Ray instance (2 CPUs), the application on a free 127.0.0.1 port (store lookups only,
 unless --text-requests > 0), fills a fresh database with --features feature documents of realistic
@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -105,6 +107,10 @@ async def load(url: str, make: Callable[[random.Random], Request], requests: int
     return {"latencies": latencies, "errors": errors, "wall": wall}
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def percentile(values: list[float], q: float) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
@@ -113,8 +119,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--features", type=int, default=2000)
-    ap.add_argument("--requests", type=int, default=1000, help="requests per (endpoint, concurrency)")
+    ap.add_argument("--features", type=int, default=500)
+    ap.add_argument("--requests", type=int, default=200, help="requests per (endpoint, concurrency)")
+    ap.add_argument("--page-size", type=int, default=20, help="limit of the page and search requests")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--mongo-uri", default=os.environ.get("MONGO_URI"))
     ap.add_argument("--text-requests", type=int, default=0, help="also time text → features (real model)")
@@ -130,15 +137,13 @@ def main() -> int:
     from raysae.serve.app import start_local
     from raysae.store import LocalStoreServer, Store, StoreConfig, find_free_port
 
-    tmp = Path(tempfile.mkdtemp(prefix="rsb-", dir="/tmp"))
-    local = None
-    uri = args.mongo_uri
-    if not uri:
-        local = LocalStoreServer(tmp / "mongo")
-        uri = local.start(timeout=120)
+    tmp = Path(tempfile.mkdtemp(prefix="rsb-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    local = LocalStoreServer(tmp / "mongo") if not args.mongo_uri else None
+    uri = local.start(timeout=120) if local is not None else args.mongo_uri
     db = f"bench_{uuid.uuid4().hex[:10]}"
-    store = Store.connect(StoreConfig(uri=uri, db=db))
+    store = None
     try:
+        store = Store.connect(StoreConfig(uri=uri, db=db))
         rng = random.Random(0)
         t0 = time.perf_counter()
         record = {"architecture": "sae", "hooks_in": [HOOK], "d_sae": args.features}
@@ -148,28 +153,29 @@ def main() -> int:
         store.upsert_features(DICT_ID, HOOK, (feature_doc(i, rng) for i in range(args.features)))
         print(f"stored {args.features} features in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"))
+        signal.signal(signal.SIGTERM, _interrupt)  # Ray's own handler would abort without cleaning up
         port = find_free_port("127.0.0.1")
         config = ServeConfig(
             port=port, store=StoreConfig(uri=uri, db=db), text_endpoint=args.text_requests > 0
         )
         start_local(config)
         url = f"http://127.0.0.1:{port}"
-        n = args.features
+        n, size = args.features, args.page_size
         endpoints: dict[str, tuple[Callable[[random.Random], Request], int]] = {
             "GET /health": (lambda r: ("/health", None), args.requests),
             "GET feature": (
                 lambda r: (f"/api/dictionaries/{DICT_ID}/features/{HOOK}/{r.randrange(n)}", None),
                 args.requests,
             ),
-            "GET features page (50)": (
+            f"GET features page ({size})": (
                 lambda r: (
-                    f"/api/dictionaries/{DICT_ID}/features?limit=50&skip={r.randrange(max(1, n - 50))}",
+                    f"/api/dictionaries/{DICT_ID}/features?limit={size}&skip={r.randrange(max(1, n - size))}",
                     None,
                 ),
                 args.requests,
             ),
             "GET search DLA token": (
-                lambda r: (f"/api/search/tokens?token=%20t{r.randrange(50)}&limit=20", None),
+                lambda r: (f"/api/search/tokens?token=%20t{r.randrange(50)}&limit={size}", None),
                 args.requests,
             ),
         }
@@ -185,25 +191,31 @@ def main() -> int:
                 raise SystemExit(f"{name}: {warm['errors']} of 8 warm-up requests failed")
             for workers in args.concurrency:
                 rows.append((name, workers, asyncio.run(load(url, make, count, workers))))
-        print(
-            f"store={'local secantusd-py' if local else 'MONGO_URI'}  features={n}  requests/row={args.requests}"
+                print(f"  {name} × {workers}: {rows[-1][2]['wall']:.1f}s", file=sys.stderr)
+        print(f"store={'local secantusd-py' if local else 'MONGO_URI'}  features={n}  ingress replicas=1")
+        header = (
+            f"{'endpoint':<26}{'conc':>6}{'reqs':>6}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}"
         )
-        print(f"{'endpoint':<26}{'conc':>6}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+        print(header)
         for name, workers, res in rows:
             lat = sorted(res["latencies"])
             p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
             rps = len(lat) / res["wall"]
-            print(f"{name:<26}{workers:>6}{res['errors']:>8}{p50:>10.1f}{p99:>10.1f}{rps:>10.1f}")
+            print(
+                f"{name:<26}{workers:>6}{len(lat):>6}{res['errors']:>8}{p50:>10.1f}{p99:>10.1f}{rps:>10.1f}"
+            )
     finally:
         try:
             if ray.is_initialized():
                 serve.shutdown()
         finally:
             ray.shutdown()
-            store.client.drop_database(db)
-            store.close()
+            if store is not None:
+                store.client.drop_database(db)
+                store.close()
             if local is not None:
                 local.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

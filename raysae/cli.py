@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "raysae.data.commands",
     "raysae.store.commands",
     "raysae.analysis.commands",
+    "raysae.serve.commands",
 ]
 
 

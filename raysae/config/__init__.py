@@ -36,6 +36,7 @@ from raysae.config.run import (
     WandbConfig,
     train_settings_from_dict,
 )
+from raysae.config.serve import ServeConfig
 from raysae.config.store import StoreConfig
 from raysae.config.training import InitializerConfig, TrainerConfig
 
@@ -56,6 +57,7 @@ __all__ = [
     "RayTrainConfig",
     "ResourcesConfig",
     "SAEConfig",
+    "ServeConfig",
     "StoreConfig",
     "StrictModel",
     "TextSourceConfig",

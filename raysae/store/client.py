@@ -28,6 +28,7 @@ from raysae.store.writes import StoreWrites
 T = TypeVar("T")
 FeatureSort = Literal["frequency", "max_activation", "index"]
 _NO_ID = {"_id": 0}
+_SUMMARY = {"_id": 0, **{f: 0 for f in s.FEATURE_HEAVY_FIELDS}}
 
 
 def resolve_uri(config: StoreConfig | None = None) -> str:
@@ -123,12 +124,18 @@ class Store(StoreWrites):
         return self._retry("creating indexes", lambda: s.ensure_indexes(self.db))
 
     def _find(
-        self, collection: str, query: Document, sort: list[tuple[str, int]], skip: int, limit: int
+        self,
+        collection: str,
+        query: Document,
+        sort: list[tuple[str, int]],
+        skip: int,
+        limit: int,
+        projection: Document | None = None,
     ) -> list[Document]:
         coll = self.db[collection]
 
         def run() -> list[Document]:
-            docs = list(coll.find(query, _NO_ID).sort(sort).skip(skip).limit(limit))
+            docs = list(coll.find(query, projection or _NO_ID).sort(sort).skip(skip).limit(limit))
             return [resolve_spilled(doc, self.fs) for doc in docs]  # type: ignore[misc]
 
         return self._retry(f"reading {collection}", run)
@@ -171,9 +178,11 @@ class Store(StoreWrites):
         descending: bool = True,
         skip: int = 0,
         limit: int = 50,
+        summary: bool = False,
     ) -> list[Document]:
         """One page of a dictionary's features (all hooks when ``hook`` is None), sorted by ``sort_by``
-        with ties broken by (hook, index). Documents lacking the sort field come last when descending."""
+        with ties broken by (hook, index). Documents lacking the sort field come last when descending.
+        ``summary`` leaves out the bulky fields (examples, histogram) in the database, not after."""
         field = v.as_choice(sort_by, "sort_by", s.FEATURE_SORTS)
         if not isinstance(descending, bool):
             raise ValueError("descending must be a bool")
@@ -183,10 +192,19 @@ class Store(StoreWrites):
             if field == "index"
             else [(field, direction), ("hook", 1), ("index", 1)]
         )
-        return self._find(s.FEATURES, v.scope(dictionary_id, hook), sort, v.as_skip(skip), self._limit(limit))
+        projection = _SUMMARY if summary else None
+        return self._find(
+            s.FEATURES, v.scope(dictionary_id, hook), sort, v.as_skip(skip), self._limit(limit), projection
+        )
 
     def find_features_by_token(
-        self, token: str, *, dictionary_id: str | None = None, hook: str | None = None, limit: int = 50
+        self,
+        token: str,
+        *,
+        dictionary_id: str | None = None,
+        hook: str | None = None,
+        limit: int = 50,
+        summary: bool = False,
     ) -> list[Document]:
         """Features whose top positive DLA tokens include ``token`` (exact match), by max activation."""
         query: Document = {s.DLA_POSITIVE_TOKENS: v.as_text(token, "token")}
@@ -195,7 +213,7 @@ class Store(StoreWrites):
         elif hook is not None:
             raise ValueError("hook needs dictionary_id")
         sort = [(s.MAX_ACTIVATION, -1), ("dictionary_id", 1), ("hook", 1), ("index", 1)]
-        return self._find(s.FEATURES, query, sort, 0, self._limit(limit))
+        return self._find(s.FEATURES, query, sort, 0, self._limit(limit), _SUMMARY if summary else None)
 
     def get_explanations(self, dictionary_id: str, hook: str, index: int) -> list[Document]:
         """All explanations of one feature, by explainer."""

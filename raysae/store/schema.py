@@ -52,6 +52,8 @@ EXPLANATION = "explanation"
 SCORE = "score"
 UPDATED_AT = "updated_at"
 FEATURE_SORTS = (FREQUENCY, MAX_ACTIVATION, "index")
+# Left out of feature summaries (pages, searches): the bulk of a feature document.
+FEATURE_HEAVY_FIELDS = ("top_examples", "quantile_examples", "histogram", "dla_positive", "dla_negative")
 
 _ID, _H, _I = "dictionary_id", "hook", "index"
 

@@ -1,0 +1,135 @@
+"""Test data of tests/serve: the documents put into the store, and the application spec of
+jobs/serve_config.yaml."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raysae.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = REPO / "jobs" / "serve_config.yaml"
+DICT_ID = "sae-l1"
+HOOK = "blocks.1.hook_resid_post"
+D_SAE = 256
+N_FEATURES = 30
+LITERAL_ID = '{"$gt": ""}'  # a real dictionary whose id looks like an operator
+RICH_INDEX = 3  # the feature with examples, histogram, DLA, explanations and scores
+NAN_INDEX = 5  # a feature whose mean activation is NaN
+
+
+@dataclass
+class Server:
+    url: str
+    down_url: str
+    db: str
+    dictionary_path: Path
+
+
+def feature_docs() -> list[dict[str, Any]]:
+    """N_FEATURES feature documents in the analysis job's schema; distinct frequencies and maxima."""
+    docs = []
+    for i in range(N_FEATURES):
+        doc: dict[str, Any] = {
+            "index": i,
+            "layer": None,
+            "frequency": ((i * 7) % N_FEATURES + 1) / 1000,
+            "n_fired": (i * 7) % N_FEATURES + 1,
+            "n_tokens": 1000,
+            "mean_activation": 0.5 + i / 100,
+            "max_activation": float((i * 11) % N_FEATURES) + 0.5,
+            "histogram": {"edges": [0.0, 1.0, 2.0, 3.0], "counts": [5, 3, i]},
+            "dla_positive_tokens": [f" tok{i % 4}", " the"] if i % 2 == 0 else [f" tok{i % 4}"],
+            "dla_positive": [{"token": f" tok{i % 4}", "token_id": 100 + i, "value": 1.5}],
+            "dla_negative": [{"token": " not", "token_id": 7, "value": -0.7}],
+            "top_examples": [
+                {
+                    "doc_id": 0,
+                    "window_id": j,
+                    "position": 2,
+                    "max_activation": 3.0 - j,
+                    "tokens": ["The", " cat", " sat"],
+                    "token_ids": [504, 2644, 3290],
+                    "activations": [0.0, 3.0 - j, 0.5],
+                }
+                for j in range(2)
+            ],
+            "quantile_examples": [
+                {
+                    "quantile_low": 0.0,
+                    "quantile_high": 0.5,
+                    "examples": [
+                        {
+                            "doc_id": 1,
+                            "window_id": 0,
+                            "position": 0,
+                            "max_activation": 0.2,
+                            "tokens": ["A"],
+                            "token_ids": [46],
+                            "activations": [0.2],
+                        }
+                    ],
+                }
+            ],
+        }
+        if i == RICH_INDEX:
+            doc["dla_positive_tokens"] = [" cat", " kitten"]
+            doc["top_examples"][0]["tokens"] = ["The", " purring", " cat"]
+        if i == NAN_INDEX:
+            doc["mean_activation"] = math.nan
+        docs.append(doc)
+    return docs
+
+
+def fill_store(store: Store, dictionary_path: Path) -> None:
+    """The test documents: one analysed SAE (with a saved dictionary), one without features, one
+    with an operator-like id."""
+    store.upsert_dictionary(
+        DICT_ID,
+        {
+            "architecture": "sae",
+            "hooks_in": [HOOK],
+            "hooks_out": [HOOK],
+            "d_model": 576,
+            "d_sae": D_SAE,
+            "hooks": [HOOK],
+            "n_features": D_SAE,
+            "layers": None,
+            "path": str(dictionary_path),
+            "model": "smollm2-135m-instruct",
+            "config": {"act_fn": "topk", "top_k": 8},
+            "analysis_id": "a1",
+        },
+    )
+    clt_hooks = ["blocks.0.hook_mlp_in", "blocks.1.hook_mlp_in"]
+    store.upsert_dictionary(
+        "empty-dict",
+        {"architecture": "clt", "hooks_in": clt_hooks, "hooks": clt_hooks, "layers": 2, "d_sae": 16},
+    )
+    store.upsert_dictionary(LITERAL_ID, {"architecture": "sae", "hooks_in": [HOOK], "d_sae": 8})
+    store.upsert_features(DICT_ID, HOOK, feature_docs())
+    store.upsert_explanation(DICT_ID, HOOK, RICH_INDEX, "gpt-test", "Fires on cat-related words")
+    store.upsert_explanation(DICT_ID, HOOK, RICH_INDEX, "human", "cats and kittens")
+    store.upsert_explanation(DICT_ID, HOOK, 4, "gpt-test", "Closing brackets in code")
+    store.upsert_score(DICT_ID, HOOK, RICH_INDEX, "gpt-test", "detection", 0.8)
+    store.upsert_score(DICT_ID, HOOK, RICH_INDEX, "gpt-test", "fuzzing", 0.6)
+
+
+def yaml_app_args() -> tuple[str, dict[str, Any]]:
+    """(import_path, args) of the first application of jobs/serve_config.yaml, checked by Serve's schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    spec = ServeDeploySchema.model_validate(yaml.safe_load(SERVE_CONFIG.read_text()))
+    app = spec.applications[0]
+    return app.import_path, dict(app.args or {})
+
+
+def import_builder(import_path: str) -> Any:
+    module, attr = import_path.split(":")
+    return getattr(importlib.import_module(module), attr)
