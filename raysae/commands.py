@@ -72,6 +72,7 @@ def _settings_models() -> list[type[StrictModel]]:
     from raysae.config.analysis import AnalysisConfig
     from raysae.config.evaluation import EvalConfig
     from raysae.config.run import TrainCLTSettings, TrainCrossCoderSettings, TrainSAESettings
+    from raysae.config.serve import ServeConfig
     from raysae.config.store import StoreConfig
 
     return [
@@ -81,6 +82,7 @@ def _settings_models() -> list[type[StrictModel]]:
         EvalConfig,
         StoreConfig,
         AnalysisConfig,
+        ServeConfig,
     ]
 
 
