@@ -9,12 +9,15 @@ from raysae.config import (
     TrainerConfig,
     load_config,
 )
+from raysae.config.run import TrainCLTSettings, TrainCrossCoderSettings, TrainSAESettings
 from raysae.dictionaries import (
     DictionaryFormatError,
     SparseDictionary,
     build_dictionary,
     load_dictionary,
 )
+from raysae.train.ray_train import train_clt, train_crosscoder, train_sae
+from raysae.train.trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -26,9 +29,16 @@ __all__ = [
     "InitializerConfig",
     "SAEConfig",
     "SparseDictionary",
+    "TrainCLTSettings",
+    "TrainCrossCoderSettings",
+    "TrainSAESettings",
+    "Trainer",
     "TrainerConfig",
     "__version__",
     "build_dictionary",
     "load_config",
     "load_dictionary",
+    "train_clt",
+    "train_crosscoder",
+    "train_sae",
 ]

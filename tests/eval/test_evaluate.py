@@ -74,3 +74,33 @@ def test_clean_loss_matches_the_model_and_random_sae_is_worse(lm):
     assert worse["ce_loss_recovered"] < 0.99
     assert worse["ce_loss"]["clean"] == pytest.approx(metrics["ce_loss"]["clean"])
     assert worse["l0"] <= 16
+
+
+def test_clt_is_evaluated_per_layer(lm):
+    from raysae.config import CLTConfig
+    from raysae.data.extract import ActivationSource
+    from raysae.eval import metrics as M
+
+    ins, outs = (
+        ["blocks.0.hook_mlp_in", "blocks.1.hook_mlp_in"],
+        ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"],
+    )
+    clt = build_dictionary(
+        CLTConfig(d_model=576, d_sae=64, top_k=4, hook_points_in=ins, hook_points_out=outs)
+    )
+    cfg = _cfg(128)
+    metrics = evaluate(clt, cfg, lm=lm, progress=False)
+    assert "ce_loss_recovered" not in metrics  # splicing several layers at once is not a single-hook metric
+    per = metrics["per_group"]
+    assert per["hooks"] == outs and len(per["explained_variance"]) == 2 and per["l0"] == [4.0, 4.0]
+    source = ActivationSource(cfg.activations.model_copy(update={"hooks": ins + outs}), lm)
+    xs, ys = [], []
+    for item in source.windows():
+        keep = torch.from_numpy(item.windows.keep)
+        xs.append(torch.stack([item.acts[h][keep] for h in ins], 1))
+        ys.append(torch.stack([item.acts[h][keep] for h in outs], 1))
+    x, y = torch.cat(xs), torch.cat(ys)
+    with torch.no_grad():
+        expected = M.explained_variance(y, clt.eval()(x), per_group=True)
+    assert per["explained_variance"] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert metrics["explained_variance"] == pytest.approx(float(expected.mean()), rel=1e-5)
