@@ -4,6 +4,7 @@ starts (mesh, hooks, widths, resources), and build the ``TorchTrainer``."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,11 +89,33 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
             plan["pipeline"] = plan_resources(cluster, res, settings.activations.model.device)
         except ResourceError as err:
             raise SettingsError(str(err)) from err
+    _wait_for_free_cpus(r.num_workers * cpw + _pipeline_cpus(plan["pipeline"]), cpus)
     if d_model != settings.dictionary.d_model:
         raise SettingsError(
             f"dictionary d_model={settings.dictionary.d_model} but the activations have width {d_model}"
         )
     return plan
+
+
+def _pipeline_cpus(pipeline: Any) -> float:
+    if pipeline is None:
+        return 1.0  # the cache's read tasks
+    return pipeline.read_cpus + pipeline.replicas * pipeline.cpus_per_replica
+
+
+def _wait_for_free_cpus(needed: float, total: float, timeout_s: float = 30.0) -> None:
+    """Fail clearly, instead of hanging in Ray's scheduler, when other work holds the CPUs this run needs
+    (actors of a previous run may take a few seconds to release theirs, hence the wait)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while (free := float(ray.available_resources().get("CPU", 0))) + 1e-9 < needed:
+        if time.monotonic() > deadline:
+            raise SettingsError(
+                f"this run needs {needed:g} CPUs but only {free:g} of the cluster's {total:g} are free; "
+                "other jobs, actors or Serve replicas hold the rest"
+            )
+        time.sleep(0.5)
 
 
 def build_trainer(settings: AnyTrainSettings, plan: dict[str, Any], loop: Callable[[dict], None]):

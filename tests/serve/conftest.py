@@ -74,3 +74,16 @@ def model() -> object:
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120) as c:
         yield c
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop Serve when the run leaves this folder: a "package" fixture on a folder without
+    ``__init__.py`` lives until the session ends, and Serve's replicas would keep CPUs that later
+    tests (Ray Train, Ray Data) need on the shared 2-CPU cluster."""
+    if nextitem is not None and Path(nextitem.path).parent == Path(item.path).parent:
+        return
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
