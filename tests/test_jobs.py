@@ -4,9 +4,11 @@ succeeds against a cluster started with `ray start --head` (its own processes, p
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,14 +38,24 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_ray_job_submit_to_a_ray_start_cluster(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # As a user would: the cluster starts from the activated venv, so the job's `python` is the venv's.
+    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     port, dash = _free_port(), _free_port()
     temp = Path("/tmp") / f"rj{port}"  # short: Ray's unix socket paths have a length limit
+    # Every port of its own: the test session's Ray already holds the default agent ports.
+    agent_ports = [
+        f"--{name}={_free_port()}"
+        for name in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+        )
+    ]  # fmt: skip
     start = [
         str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
         "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
-        "--disable-usage-stats",
+        "--disable-usage-stats", *agent_ports,
     ]  # fmt: skip
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
     try:
@@ -51,8 +63,13 @@ def test_ray_job_submit_to_a_ray_start_cluster(tmp_path):
             str(BIN / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
             "--", "python", "jobs/train.py", "jobs/configs/tiny.yaml",
         ]  # fmt: skip
-        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-        output = done.stdout + done.stderr
+        deadline = time.monotonic() + 120
+        while True:  # the dashboard's job agent comes up a little after `ray start` returns
+            done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+            output = done.stdout + done.stderr
+            if "No available agent" not in output or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert done.returncode == 0, output[-4000:]
         assert "succeeded" in output.lower(), output[-4000:]
         assert "dictionary:" in output and "steps: 6" in output, output[-4000:]
@@ -75,3 +92,4 @@ def _stop_cluster(temp: Path) -> None:
     _, alive = psutil.wait_procs(procs, timeout=15)
     for p in alive:
         p.kill()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -126,7 +126,7 @@ def test_small_object_store_streams_without_materialising(ray_session):
         f"rows {rows}, store grew by {growth / 2**20:.1f} MiB for a {dataset_bytes / 2**20:.1f} MiB dataset"
     )
     assert rows == total, report
-    assert growth < dataset_bytes / 3, report
+    assert growth < dataset_bytes / 2, report  # materialising would hold all of it (plus copies)
     assert _store_stats().spilled_bytes_total == before.spilled_bytes_total, report
 
 
