@@ -34,14 +34,7 @@ def save_trainer_checkpoint(
     try:
         save_dictionary(dictionary, tmp / "dictionary", fold_scales=False)
         torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "step": state.step,
-                "tokens_seen": state.tokens_seen,
-                "tokens_since_fired": state.tokens_since_fired,
-                "history": state.history,
-                "rng": torch.get_rng_state(),
-            },
+            {**state.to_blob(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()},
             tmp / STATE_FILE,
         )
         replace_dir(tmp, final)
@@ -68,9 +61,4 @@ def load_trainer_checkpoint(
     blob = torch.load(path / STATE_FILE, map_location=dictionary.input_scale.device, weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["rng"].cpu())
-    return TrainState(
-        step=blob["step"],
-        tokens_seen=blob["tokens_seen"],
-        tokens_since_fired=blob["tokens_since_fired"],
-        history=blob["history"],
-    )
+    return TrainState.from_blob(blob, dictionary.input_scale.device)

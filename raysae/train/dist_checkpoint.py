@@ -10,7 +10,6 @@ dictionary in the single-directory format that ``raysae.load_dictionary`` opens 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,9 +17,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from raysae.dictionaries.base import SparseDictionary
+from raysae.train.checkpoint import STATE_FILE
 from raysae.train.trainer import TrainState
 
-STATE_FILE = "trainer_state.pt"
 DICTIONARY_DIR = "dictionary"
 
 
@@ -33,7 +32,7 @@ def save_distributed(
     model_sd, optim_sd = get_state_dict(dictionary, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
     if not dist.is_initialized() or dist.get_rank() == 0:
-        torch.save(_state_blob(state), folder / STATE_FILE)
+        torch.save(state.to_blob(), folder / STATE_FILE)
     return folder
 
 
@@ -49,27 +48,10 @@ def load_distributed(
     dcp.load(target, checkpoint_id=str(folder))
     set_state_dict(dictionary, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
     blob = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
-    device = dictionary.input_scale.device
-    return TrainState(
-        step=blob["step"],
-        tokens_seen=blob["tokens_seen"],
-        tokens_since_fired=blob["tokens_since_fired"].to(device),
-        history=blob["history"],
-    )
+    return TrainState.from_blob(blob, dictionary.input_scale.device)
 
 
 def read_state(folder: str | Path) -> TrainState:
     """The trainer state of a checkpoint folder, without touching parameters (for the driver)."""
     blob = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
-    return TrainState(blob["step"], blob["tokens_seen"], blob["tokens_since_fired"], blob["history"])
-
-
-def _state_blob(state: TrainState) -> dict[str, Any]:
-    return {
-        "step": state.step,
-        "tokens_seen": state.tokens_seen,
-        "tokens_since_fired": state.tokens_since_fired.cpu()
-        if state.tokens_since_fired is not None
-        else None,
-        "history": state.history,
-    }
+    return TrainState.from_blob(blob)

@@ -43,6 +43,24 @@ class TrainState:
     tokens_since_fired: Tensor | None = None
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def to_blob(self) -> dict[str, Any]:
+        """Plain, CPU-only contents for ``torch.save``."""
+        tsf = self.tokens_since_fired
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "tokens_since_fired": tsf.cpu() if tsf is not None else None,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_blob(cls, blob: dict[str, Any], device: torch.device | str = "cpu") -> TrainState:
+        """The inverse of ``to_blob`` (extra keys, such as an optimiser state, are ignored)."""
+        tsf = blob["tokens_since_fired"]
+        return cls(
+            blob["step"], blob["tokens_seen"], tsf.to(device) if tsf is not None else None, blob["history"]
+        )
+
 
 class Trainer:
     """Adam with lr warmup/decay, sparsity warmup, k annealing, clipping and decoder-norm handling."""
