@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from raysae.config.evaluation import EvalConfig
 from raysae.dictionaries.base import SparseDictionary
-from raysae.eval import metrics as M
+from raysae import metrics as M
 from raysae.lm.model import LanguageModel
 
 

@@ -166,7 +166,7 @@ class Trainer:
     @torch.no_grad()
     def metrics(self, out: LossOutput) -> dict[str, float]:
         """Metrics of the last batch plus window statistics since the previous report."""
-        from raysae.eval import metrics as M
+        from raysae import metrics as M
 
         st = self.state
         now = time.perf_counter()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from raysae.eval import metrics as M
+from raysae import metrics as M
 
 
 def test_mse_and_explained_variance_hand_computed():
