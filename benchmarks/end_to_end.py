@@ -68,7 +68,7 @@ def main() -> None:
     from raysae.config.data import CacheConfig, CacheJobConfig
     from raysae.data.cache import write_cache
     from raysae.data.pipeline import activation_dataset, iter_row_chunks
-    from raysae.train.dist_checkpoint import read_state
+    from raysae.train.checkpoint import read_state
     from raysae.train.ray_train import train
 
     out = Path(tempfile.mkdtemp(prefix="raysae-e2e-"))

@@ -49,8 +49,8 @@ def main() -> None:
     for act in ("topk", "batchtopk"):
         sae = build_dictionary(SAEConfig(d_model=d, d_sae=s, act_fn=act, top_k=args.k))
         trainer = Trainer(TrainerConfig(batch_size=b, total_training_tokens=b * 1000), progress=False)
+        trainer.initialize(sae, [x])
         trainer.setup(sae)
-        trainer.initialize([x])
         step_s = timed(lambda t=trainer: t.step(x), args.steps)
         gflops = 12 * b * d * s / step_s / 1e9
         rows.append((act, step_s, b / step_s, gflops, gflops / mm_gflops))

@@ -30,14 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; each reports its own user errors (``raysae.errors.reports_user_errors``)."""
     args = build_parser().parse_args(argv)
-    from raysae.config import ConfigError
-
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
-        print(f"raysae: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
 

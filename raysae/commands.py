@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from raysae.commandline import reports_user_errors
 from raysae.config.base import StrictModel, field_reference, read_config_file
+from raysae.files import atomic_write_json
 
 QUICKSTART_CONFIG = Path(__file__).parent / "quickstart.yaml"
 
@@ -34,12 +35,13 @@ def quickstart_settings(out: str | None = None):
     return settings
 
 
+@reports_user_errors("quickstart")
 def quickstart(args: argparse.Namespace) -> int:
     """Local Ray, bundled model and corpus: stream, train on 2 workers, export, evaluate, report."""
     import ray
 
-    import raysae
     from raysae.config.evaluation import EvalConfig
+    from raysae.dictionaries import load_dictionary
     from raysae.eval.commands import format_table
     from raysae.eval.evaluate import evaluate
     from raysae.ray_session import ensure_ray
@@ -55,11 +57,11 @@ def quickstart(args: argparse.Namespace) -> int:
     trained = time.perf_counter() - t0
     cfg = EvalConfig()
     cfg.activations.total_tokens = args.eval_tokens
-    metrics = evaluate(raysae.load_dictionary(result.dictionary_path), cfg)
+    metrics = evaluate(load_dictionary(result.dictionary_path), cfg)
     metrics["train_seconds"] = trained
     metrics["train_tokens"] = result.tokens
     out = Path(settings.output_dir) / "eval.json"
-    out.write_text(json.dumps(metrics, indent=2))
+    atomic_write_json(out, metrics)
     print(format_table(metrics))
     print(
         f"dictionary: {result.dictionary_path}\nmetrics:    {out}\nhistory:    {Path(settings.output_dir) / 'metrics.jsonl'}"
@@ -86,6 +88,7 @@ def _settings_models() -> list[type[StrictModel]]:
     ]
 
 
+@reports_user_errors("config-docs")
 def config_docs(args: argparse.Namespace) -> int:
     """Markdown tables of every field of every top-level settings model (nested ones inlined)."""
     for model in _settings_models():

@@ -49,9 +49,14 @@ def fvu(y: Tensor, y_hat: Tensor, per_group: bool = False) -> Tensor:
     return 1 - explained_variance(y, y_hat, per_group)
 
 
+def active_latents(z: Tensor) -> Tensor:
+    """Count of non-zero latents of each token, shape ``z.shape[:-1]`` (for sums over many batches)."""
+    return (z != 0).double().sum(-1)
+
+
 def l0(z: Tensor) -> Tensor:
     """Mean count of non-zero latents per token; shape ``z.shape[1:-1]`` (scalar for an SAE)."""
-    return (z != 0).double().sum(-1).mean(0)
+    return active_latents(z).mean(0)
 
 
 def firing_counts(z: Tensor) -> Tensor:

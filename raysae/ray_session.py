@@ -16,5 +16,6 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if address is None and not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        address = "local"  # always a new cluster, never a stray one found on this machine
     ray.init(address=address, **init_kwargs)
     return True

@@ -17,8 +17,6 @@ _EXPORTS = {
     "Partial": "raysae.analysis.partial",
     "StatsMerger": "raysae.analysis.merge",
     "analyze": "raysae.analysis.job",
-    "decoder_directions": "raysae.analysis.layout",
-    "encode_rows": "raysae.analysis.layout",
     "feature_documents": "raysae.analysis.documents",
     "histogram_edges": "raysae.analysis.partial",
     "sample_keys": "raysae.analysis.partial",

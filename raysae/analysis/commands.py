@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pydantic import ValidationError
 
+from raysae.commandline import reports_user_errors
 from raysae.config.analysis import AnalysisConfig
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
 
@@ -65,32 +65,14 @@ def load_analysis_config(path: str | None, args: argparse.Namespace | None = Non
         raise ConfigError(format_validation_error(err, path or "command line")) from err
 
 
+@reports_user_errors("analyze")
 def run_analyze(args: argparse.Namespace) -> int:
-    """Body of ``raysae analyze``: 0 on success, 1 with a one-paragraph message on a user error."""
-    from raysae.analysis.worker import AnalysisError
-    from raysae.data.resources import ResourceError
-    from raysae.data.sources import TextSourceError
-    from raysae.dictionaries import DictionaryFormatError
-    from raysae.lm.errors import ModelLoadError
-    from raysae.lm.hooks import HookError
-    from raysae.store import StoreError
+    """Body of ``raysae analyze``: 0 on success; a user error is one line and exit code 2."""
+    from raysae.data.sources import check_source
 
-    user_errors = (
-        AnalysisError,
-        ConfigError,
-        DictionaryFormatError,
-        ResourceError,
-        ModelLoadError,
-        TextSourceError,
-        HookError,
-        StoreError,
-    )
-    try:
-        cfg = load_analysis_config(args.config, args)
-        result = _run(args, cfg)
-    except user_errors as err:
-        print(f"raysae analyze: error: {err}", file=sys.stderr)
-        return 1
+    cfg = load_analysis_config(args.config, args)
+    check_source(cfg.activations.text)  # in the driver, before Ray starts
+    result = _run(args, cfg)
     print(
         f"{result.dictionary_id}: {result.features_written} feature documents from {result.n_tokens} tokens "
         f"({result.n_windows} windows) in {result.seconds:.1f} s; analysis {result.analysis_id}"

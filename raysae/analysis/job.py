@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from raysae.analysis.dla import DLAReadout, top_dla_tokens
 from raysae.analysis.documents import dictionary_document, feature_documents
-from raysae.analysis.layout import FeatureLayout, decoder_directions
+from raysae.analysis.layout import FeatureLayout
 from raysae.analysis.merge import StatsMerger
 from raysae.analysis.partial import Partial, histogram_edges
 from raysae.analysis.worker import (
@@ -39,12 +39,12 @@ from raysae.analysis.worker import (
 from raysae.config.analysis import AnalysisConfig
 from raysae.config.base import format_validation_error
 from raysae.config.data import ActivationsConfig
+from raysae.data.sources import check_source
 from raysae.data.tokens import token_windows
 from raysae.dictionaries import SparseDictionary, load_dictionary
 from raysae.dictionaries.io import CONFIG_FILE, WEIGHTS_FILE
 from raysae.lm.model import LanguageModel
 from raysae.store import Store
-from raysae.store import schema as s
 
 log = logging.getLogger(__name__)
 
@@ -87,39 +87,21 @@ def derive_analysis_id(path: Path, dictionary_id: str, cfg: AnalysisConfig) -> s
 def iter_partials_ray(
     cfg: AnalysisConfig, acts: ActivationsConfig, path: Path, settings: PartialSettings
 ) -> Iterator[Partial]:
-    """Partials from a Ray Data actor pool sized by ``raysae.data.resources`` (Ray must be initialised)."""
+    """Partials from the activation pipeline's actor pool with ``FeatureAnalyzer`` as its map class
+    (resources from ``raysae.data.resources``; Ray must be initialised)."""
     import ray
-    from ray.data import ActorPoolStrategy
 
-    from raysae.data.pipeline import TokenWindowDatasource
-    from raysae.data.resources import cluster_plan
-    from raysae.lm.loader import model_source
+    from raysae.data.pipeline import window_map_dataset
 
-    plan = cluster_plan(acts.resources, acts.model.device)
-    model_source(acts.model)  # dequantise the bundled model once here, not in every replica
-    log.info("analysis pipeline: %s", plan.describe())
     files = {name: (path / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE)}
-    windows = ray.data.read_datasource(
-        TokenWindowDatasource(acts), num_cpus=plan.read_cpus, override_num_blocks=1
-    )
-    ds = windows.map_batches(
+    ds = window_map_dataset(
+        acts,
         FeatureAnalyzer,
-        fn_constructor_kwargs={
-            "model": acts.model,
-            "settings": settings,
-            "dictionary_files": ShippedFiles(ray.put(files)),
-            "num_threads": plan.torch_threads,
-        },
-        batch_size=cfg.windows_per_task,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(
-            size=plan.replicas, max_tasks_in_flight_per_actor=plan.max_tasks_in_flight_per_replica
-        ),
-        num_cpus=plan.cpus_per_replica,
-        num_gpus=plan.gpus_per_replica or None,
+        {"settings": settings, "dictionary_files": ShippedFiles(ray.put(files))},
+        windows_per_task=cfg.windows_per_task,
+        # A fixed merge order makes float sums, hence documents, identical from run to run.
+        preserve_order=True,
     )
-    # A fixed merge order makes float sums, hence documents, identical from run to run.
-    ds.context.execution_options.preserve_order = True
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
         for blob in batch["partial"]:
             yield Partial.from_bytes(bytes(blob))
@@ -169,6 +151,7 @@ def analyze(
     dictionary = load_dictionary(path, device="cpu")
     layout = FeatureLayout.of(dictionary)
     acts = activations_for(cfg, dictionary)
+    check_source(acts.text)  # a bad corpus fails here in one line, not in a Ray read task
     dictionary_id = cfg.dictionary_id or path.name
     analysis_id = cfg.analysis_id or derive_analysis_id(path, dictionary_id, cfg)
     own_store = store is None
@@ -179,8 +162,8 @@ def analyze(
         "corpus": acts.text.model_dump(mode="json"),
         "model": acts.model.model_dump(mode="json"),
         "context_size": acts.tokens.context_size,
-        "hooks": layout.hooks(),
-        "n_features": layout.n_features,
+        "hooks": dictionary.feature_hooks(),
+        "n_features": dictionary.n_features,
         "settings": cfg.model_dump(mode="json", exclude={"store"}),
         "started_at": started_at,
     }
@@ -200,7 +183,7 @@ def analyze(
                 acts.model, settings, dictionary=load_dictionary(path, device="cpu"), lm=lm
             )
             partials = iter_partials_local(analyzer, cfg, acts)
-        merger = merge_partials(partials, layout, cfg, progress)
+        merger = merge_partials(partials, dictionary.n_features, cfg, progress)
         timings.update(merger.timings, pass_s=time.perf_counter() - t0)
         t0 = time.perf_counter()
         written = write_features(store, dictionary_id, dictionary, layout, merger, lm, cfg, progress, timings)
@@ -238,7 +221,7 @@ def analyze(
         analysis_id,
         merger.n_tokens,
         merger.n_windows,
-        layout.n_features,
+        dictionary.n_features,
         written,
         seconds,
         timings,
@@ -246,10 +229,10 @@ def analyze(
 
 
 def merge_partials(
-    partials: Iterator[Partial], layout: FeatureLayout, cfg: AnalysisConfig, progress: bool
+    partials: Iterator[Partial], n_features: int, cfg: AnalysisConfig, progress: bool
 ) -> StatsMerger:
     """Merge a stream of partials, with a terminal progress bar counting tokens."""
-    merger = StatsMerger(layout.n_features, cfg.histogram_bins, cfg.top_k_examples, cfg.samples_per_feature)
+    merger = StatsMerger(n_features, cfg.histogram_bins, cfg.top_k_examples, cfg.samples_per_feature)
     total = cfg.activations.total_tokens
     bar = tqdm(total=total, unit="tok", desc="analysis", disable=not progress, dynamic_ncols=True)
     merge_s = 0.0
@@ -283,18 +266,20 @@ def write_features(
     edges = histogram_edges(cfg.histogram_bins, cfg.histogram_min, cfg.histogram_max)
     step = min(cfg.write_batch_features, cfg.dla_chunk_features)
     written = 0
-    bar = tqdm(total=layout.n_features, unit="feat", desc="writing", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=dictionary.n_features, unit="feat", desc="writing", disable=not progress, dynamic_ncols=True
+    )
     try:
-        for group in range(layout.groups):
-            for lo in range(0, layout.d_sae, step):
-                indices = np.arange(lo, min(lo + step, layout.d_sae))
+        for group in range(dictionary.n_groups):
+            for lo in range(0, dictionary.d_sae, step):
+                indices = np.arange(lo, min(lo + step, dictionary.d_sae))
                 t0 = time.perf_counter()
-                directions = decoder_directions(dictionary, group, torch.from_numpy(indices), lm.n_layers)
+                directions = dictionary.write_directions(group, torch.from_numpy(indices), lm.n_layers)
                 top = top_dla_tokens(readout, directions, cfg.dla_tokens)
                 t1 = time.perf_counter()
                 docs = feature_documents(layout, merger, group, indices, top, vocab, edges, cfg.quantiles)
                 t2 = time.perf_counter()
-                written += store.upsert_features(dictionary_id, layout.hook(group), docs)
+                written += store.upsert_features(dictionary_id, dictionary.group_hook(group), docs)
                 t3 = time.perf_counter()
                 for name, dt in (("dla_s", t1 - t0), ("documents_s", t2 - t1), ("store_s", t3 - t2)):
                     timings[name] = timings.get(name, 0.0) + dt
@@ -302,10 +287,6 @@ def write_features(
     finally:
         bar.close()
     t0 = time.perf_counter()
-    stale = {
-        "dictionary_id": dictionary_id,
-        "$or": [{"hook": {"$nin": layout.hooks()}}, {"index": {"$gte": layout.d_sae}}],
-    }
-    store.db[s.FEATURES].delete_many(stale)
+    store.delete_stale_features(dictionary_id, dictionary.feature_hooks(), dictionary.d_sae)
     timings["store_s"] = timings.get("store_s", 0.0) + time.perf_counter() - t0
     return written

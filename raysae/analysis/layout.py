@@ -1,88 +1,78 @@
-"""Which features a dictionary has, how they are numbered during analysis, and their decoder directions.
+"""Which features a dictionary has and how they are numbered during analysis: a frozen snapshot.
 
-Analysis numbers every feature of a dictionary with one flat index ``g``: an SAE, a transcoder and a
-CrossCoder have ``d_sae`` features (``g`` = latent index); a CLT with ``L`` layers has ``L * d_sae``, and
-``g = layer * d_sae + index``. A feature's stored identity is (dictionary_id, hook, index) with ``hook``
-the SAE's ``hook_point_in``, the CLT layer's input hook, or ``"+".join(hooks_in)`` for a CrossCoder.
+Analysis numbers every feature of a dictionary with one flat index ``g = group * d_sae + index``; the
+dictionary class says what its groups are (``SparseDictionary.n_groups``, ``group_hook``,
+``group_layer``). ``FeatureLayout`` copies those answers into a small picklable value that travels with
+partial results and documents, so nothing downstream needs the dictionary or its architecture name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from dataclasses import dataclass, field
 
 from raysae.dictionaries import SparseDictionary
-from raysae.lm.hooks import parse_hook
 
 
 @dataclass(frozen=True)
 class FeatureLayout:
-    """The flat feature numbering of one dictionary."""
+    """The flat feature numbering of one dictionary.
+
+    ``group_hooks``/``group_layers`` come from the dictionary (``of``). A layout built by hand without
+    them (fixtures) reads them off its shape: several groups are layers reading ``hooks_in[group]``; one
+    group over several inputs is a shared latent space stored under ``"+".join(hooks_in)``.
+    """
 
     architecture: str
     hooks_in: tuple[str, ...]
     hooks_out: tuple[str, ...]
     d_sae: int
     groups: int
+    group_hooks: tuple[str, ...] = field(default=())
+    group_layers: tuple[int | None, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.group_hooks:
+            hooks = self.hooks_in[: self.groups] if self.groups > 1 else ("+".join(self.hooks_in),)
+            object.__setattr__(self, "group_hooks", tuple(hooks))
+        if not self.group_layers:
+            layers = tuple(range(self.groups)) if self.groups > 1 else (None,)
+            object.__setattr__(self, "group_layers", layers)
+        if len(self.group_hooks) != self.groups or len(self.group_layers) != self.groups:
+            raise ValueError(
+                f"a layout of {self.groups} groups needs that many group hooks and layers, got "
+                f"{len(self.group_hooks)} and {len(self.group_layers)}"
+            )
 
     @classmethod
     def of(cls, dictionary: SparseDictionary) -> FeatureLayout:
-        arch = dictionary.cfg.architecture
-        groups = dictionary.latent_shape[0] if len(dictionary.latent_shape) > 1 else 1
-        return cls(arch, tuple(dictionary.hooks_in), tuple(dictionary.hooks_out), dictionary.d_sae, groups)
+        groups = range(dictionary.n_groups)
+        return cls(
+            architecture=dictionary.cfg.architecture,
+            hooks_in=tuple(dictionary.hooks_in),
+            hooks_out=tuple(dictionary.hooks_out),
+            d_sae=dictionary.d_sae,
+            groups=dictionary.n_groups,
+            group_hooks=tuple(dictionary.group_hook(g) for g in groups),
+            group_layers=tuple(dictionary.group_layer(g) for g in groups),
+        )
 
     @property
     def n_features(self) -> int:
         return self.groups * self.d_sae
 
+    @property
+    def layers(self) -> int | None:
+        """The layer count of a layered dictionary (a CLT); None otherwise."""
+        return None if all(layer is None for layer in self.group_layers) else self.groups
+
     def hook(self, group: int) -> str:
         """The stored ``hook`` of the features of ``group`` (a CLT layer; 0 otherwise)."""
-        if self.architecture == "clt":
-            return self.hooks_in[group]
-        if self.architecture == "crosscoder":
-            return "+".join(self.hooks_in)
-        return self.hooks_in[0]
+        return self.group_hooks[group]
 
     def layer(self, group: int) -> int | None:
-        """The CLT layer (position in hooks_in) of ``group``; None for other architectures."""
-        return group if self.architecture == "clt" else None
+        """The layer (position in hooks_in) of ``group`` for a layered dictionary; None otherwise."""
+        return self.group_layers[group]
 
     def hooks(self) -> list[str]:
         """Every stored hook of this dictionary, in group order."""
-        return [self.hook(g) for g in range(self.groups)]
-
-
-def encode_rows(dictionary: SparseDictionary, acts: Mapping[str, Tensor]) -> Tensor:
-    """Latent activations ``[N, n_features]`` of activation rows ``{hook: [N, d_model]}`` (raw space)."""
-    dtype = dictionary.input_scale.dtype
-    device = dictionary.input_scale.device
-    x = dictionary.prepare_input({h: acts[h].to(device=device, dtype=dtype) for h in dictionary.hooks_in})
-    with torch.inference_mode():
-        z = dictionary.encode(x)
-    return z.reshape(z.shape[0], -1)
-
-
-@torch.no_grad()
-def decoder_directions(
-    dictionary: SparseDictionary, group: int, index: Tensor, n_layers: int | None = None
-) -> Tensor:
-    """Raw-space residual-stream directions ``[len(index), d_model]`` that features write, for DLA.
-
-    SAE/transcoder: the decoder row (it writes ``hook_point_out``). CLT: the sum of the feature's decoders
-    to every layer j >= its own, since each layer's output is added to the residual stream. CrossCoder:
-    the decoder of the head whose hook comes last in the forward pass (nearest the unembedding).
-    """
-    arch = dictionary.cfg.architecture
-    out_scale = dictionary.output_scale
-    if arch == "clt":
-        n = dictionary.latent_shape[0]
-        parts = [dictionary.decoder(group, j)[index] / out_scale[j] for j in range(group, n)]  # type: ignore[operator]
-        return torch.stack(parts).sum(0)
-    if arch == "crosscoder":
-        hooks = dictionary.hooks_in
-        head = max(range(len(hooks)), key=lambda h: parse_hook(hooks[h], n_layers).order)
-        return dictionary.W_dec[head][index] / out_scale[head]
-    return dictionary.W_dec[index] / out_scale
+        return list(self.group_hooks)

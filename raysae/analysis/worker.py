@@ -15,17 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysae.analysis.layout import FeatureLayout, encode_rows
 from raysae.analysis.partial import LatentEntries, Partial, build_partial, histogram_edges
 from raysae.config.analysis import AnalysisConfig
 from raysae.config.data import ModelConfig
 from raysae.data.tokens import WindowBatch
 from raysae.dictionaries import SparseDictionary, load_dictionary
+from raysae.errors import RaysaeError
 from raysae.lm.model import LanguageModel
 
 
-class AnalysisError(ValueError):
-    """The dictionary does not fit the model (hook points, width) or the analysis settings."""
+class AnalysisError(RaysaeError, ValueError):
+    """The analysis settings do not fit the dictionary (e.g. its hooks in the activation settings)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,6 @@ class FeatureAnalyzer:
                 dictionary = load_dictionary(tmp, device=device)
         self.dictionary = dictionary.to(device).eval()
         check_compatible(self.lm, self.dictionary)
-        self.layout = FeatureLayout.of(self.dictionary)
         self.settings = settings
         self.edges = histogram_edges(settings.bins, settings.hist_min, settings.hist_max)
 
@@ -122,7 +121,7 @@ class FeatureAnalyzer:
             t1 = time.perf_counter()
             flat_keep = torch.from_numpy(keep.reshape(-1))
             rows = {h: a.reshape(-1, a.shape[-1])[flat_keep.to(a.device)] for h, a in acts.items()}
-            z = encode_rows(self.dictionary, rows)
+            z = self.dictionary.encode_flat(rows)
             _sync(z.device)
             t2 = time.perf_counter()
             w_idx, t_idx = np.nonzero(keep)  # row order of a boolean mask over [n, T]
@@ -133,7 +132,7 @@ class FeatureAnalyzer:
         t3 = time.perf_counter()
         n_tokens = int(np.asarray(windows.keep, dtype=bool).sum())
         partial = build_partial(
-            entries, windows, n_tokens, self.layout.n_features, s.top_k, s.samples, s.seed
+            entries, windows, n_tokens, self.dictionary.n_features, s.top_k, s.samples, s.seed
         )
         reduce_s += time.perf_counter() - t3
         partial.timings = {"model_s": model_s, "dictionary_s": dict_s, "reduce_s": reduce_s}
@@ -141,12 +140,9 @@ class FeatureAnalyzer:
 
 
 def check_compatible(lm: LanguageModel, dictionary: SparseDictionary) -> None:
-    """Raise AnalysisError (or HookError) unless the model has the dictionary's hooks and width."""
-    lm.check_hooks(dictionary.hooks_in)
-    if dictionary.d_model != lm.d_model:
-        raise AnalysisError(
-            f"the dictionary reads d_model={dictionary.d_model} activations but {lm.name} has d_model={lm.d_model}"
-        )
+    """``DictionaryCompatibilityError`` unless ``lm`` has the dictionary's hooks and width (the
+    dictionary's own check, the one serving uses too)."""
+    dictionary.check_model_compatible(lm.name, lm.d_model, lm.n_layers)
 
 
 def _sync(device: torch.device) -> None:

@@ -14,6 +14,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from raysae.errors import RaysaeError, format_validation_error
+
+__all__ = ["ConfigError", "StrictModel", "format_validation_error", "load_config", "read_config_file"]
+
 
 class StrictModel(BaseModel):
     """Base for all raysae settings: unknown keys are errors; field docstrings become descriptions."""
@@ -21,7 +25,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(RaysaeError, ValueError):
     """A configuration file could not be read or did not validate; the message names file and field."""
 
 
@@ -31,6 +35,8 @@ M = TypeVar("M", bound=BaseModel)
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML, TOML or JSON file into a dict, with an error naming the file on failure."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     text = path.read_text()
@@ -50,15 +56,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: ``source: field.path: message``."""
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {e['msg']}")
-    return "invalid configuration\n" + "\n".join(lines)
 
 
 def load_config(path: str | Path, model: type[M]) -> M:

@@ -41,9 +41,8 @@ class DictionaryConfig(StrictModel):
     batchtopk_threshold_momentum: float = Field(0.99, gt=0, lt=1)
     """Momentum of the running estimate of the BatchTopK inference threshold."""
     dtype: DType = "float32"
-    """Parameter dtype."""
-    device: str = "cpu"
-    """Torch device for the parameters ("cpu", "cuda", "cuda:1"); "auto" picks CUDA when present."""
+    """Parameter dtype. (The device is placement, not identity: ``build_dictionary``/``load_dictionary``
+    take it.)"""
 
     @model_validator(mode="after")
     def _check_width(self) -> DictionaryConfig:

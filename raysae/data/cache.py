@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from safetensors.torch import save as safetensors_save
 
 from raysae.config.data import CacheJobConfig
 from raysae.data.manifest import (
+    MANIFEST,
     SHARDS,
     CacheError,
     CacheMismatchError,
@@ -28,11 +28,12 @@ from raysae.data.manifest import (
     ShardInfo,
     read_manifest,
     read_shard_bytes,
-    sha256,
     shard_name,
     write_manifest,
 )
 from raysae.data.resources import ResourcePlan
+from raysae.data.sources import check_source
+from raysae.files import atomic_write_bytes, sha256_bytes
 from raysae.lm.loader import DTYPES
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def write_cache(
     ``use_ray`` runs the Ray Data pipeline (Ray must be initialised); otherwise one in-process model.
     Returns the final manifest. ``on_shard`` is called after each shard is committed.
     """
+    check_source(job.activations.text)
     folder = Path(job.cache.dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
@@ -124,15 +126,15 @@ def _write_locked(
 
 
 def _open_or_create(folder: Path, job: CacheJobConfig, settings: dict[str, Any]) -> Manifest:
-    if (folder / "manifest.json").is_file():
+    if (folder / MANIFEST).is_file():
         if not job.cache.resume:
             raise CacheError(f"{folder}: a cache exists and resume is off; delete it or pick another dir")
         manifest = read_manifest(folder)
-        check_compatible(manifest, settings, str(folder / "manifest.json"))
+        check_compatible(manifest, settings, str(folder / MANIFEST))
         for i, shard in enumerate(manifest.shards):  # listed shards were fsynced before listing
             read_shard_bytes(folder, shard, verify=i == len(manifest.shards) - 1)
         return manifest
-    if any(p.name not in (SHARDS, ".lock") for p in folder.iterdir()):
+    if any(p.name not in (SHARDS, ".lock") and not _manifest_temp(p) for p in folder.iterdir()):
         raise CacheError(f"{folder}: exists, is not empty and has no manifest; pick an empty or new dir")
     (folder / SHARDS).mkdir(parents=True, exist_ok=True)
     manifest = Manifest(
@@ -142,13 +144,23 @@ def _open_or_create(folder: Path, job: CacheJobConfig, settings: dict[str, Any])
         dtype=settings["cache_dtype"],
         context_size=job.activations.tokens.context_size,
         settings=settings,
+        shards=[],
+        complete=False,
     )
     write_manifest(folder, manifest)
     return manifest
 
 
+def _manifest_temp(path: Path) -> bool:
+    """A temporary manifest that a killed ``atomic_write_json`` left behind."""
+    return path.name.startswith(f".{MANIFEST}.")
+
+
 def _remove_leftovers(folder: Path, manifest: Manifest) -> None:
     """Delete temporary files and shards that a killed run wrote but never listed."""
+    for path in folder.iterdir():
+        if _manifest_temp(path):
+            path.unlink()
     listed = {s.file for s in manifest.shards}
     for path in (folder / SHARDS).iterdir():
         if f"{SHARDS}/{path.name}" not in listed:
@@ -220,19 +232,13 @@ def _write_shard(
         tensors[c] = t.to(dtype) if c in hooks else t.to(torch.int64)
     data = safetensors_save(tensors, metadata={"format": "raysae-activations"})  # one key: stable bytes
     name = shard_name(index)
-    path = folder / name
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(folder / name, data)
     wid = rows["window_id"]
     return ShardInfo(
         file=name,
         rows=len(wid),
         bytes=len(data),
-        sha256=sha256(data),
+        sha256=sha256_bytes(data),
         first_window=int(wid[0]),
         last_window=int(wid[-1]),
     )

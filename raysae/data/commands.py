@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from raysae.commandline import reports_user_errors
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
 from raysae.config.data import CacheJobConfig
-from raysae.data.manifest import CacheError
-from raysae.data.resources import ResourceError
-from raysae.data.sources import TextSourceError
-from raysae.lm.errors import ModelLoadError
-from raysae.lm.hooks import HookError
+from raysae.data.sources import check_source
 
 SECTIONS = ("activations", "cache")
-USER_ERRORS = (ConfigError, CacheError, ResourceError, ModelLoadError, TextSourceError, HookError)
+
+
+def train_sections() -> dict[str, object]:
+    """Top-level keys of the training settings (all three dictionary kinds) and their types.
+
+    A cache file may also configure training (the same ``activations:``), so these keys are
+    accepted, and their values validated as ``raysae train`` would; any other key is an error.
+    """
+    from raysae.config.run import TrainCLTSettings, TrainCrossCoderSettings, TrainSAESettings
+
+    out: dict[str, object] = {}
+    for cls in (TrainSAESettings, TrainCLTSettings, TrainCrossCoderSettings):
+        for name, field in cls.model_fields.items():
+            out.setdefault(name, field.annotation)
+    return out
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,8 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="compute activations and write an activation cache (resumes an interrupted one)",
         description=(
             "Run the activation pipeline described by the `activations:` section of CONFIG and store the "
-            "rows in the cache described by its `cache:` section (other top-level sections are ignored, "
-            "so one file can also configure training). Re-running after a kill resumes."
+            "rows in the cache described by its `cache:` section. The file may also hold the training "
+            "settings (`trainer:`, `sae:`, `ray:`, ...), so one file can configure both; any other "
+            "top-level key is an error. Re-running after a kill resumes."
         ),
     )
     p.add_argument("config", help="YAML, TOML or JSON file with `activations:` and `cache:` sections")
@@ -40,22 +51,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def load_cache_job(path: str) -> CacheJobConfig:
-    """Validate the `activations` and `cache` sections of a config file; errors name file and field."""
+    """Validate the whole config file: `activations` and `cache`, plus the training settings'
+    top-level sections (validated as training would); unknown keys are errors naming the key."""
     data = read_config_file(path)
+    train = {k: v for k, v in train_sections().items() if k not in SECTIONS}
+    unknown = [k for k in data if k not in SECTIONS and k not in train]
+    if unknown:
+        known = ", ".join([*SECTIONS, *sorted(train)])
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; a cache file holds "
+            f"activations and cache, and may hold training settings ({known})"
+        )
     try:
+        for key in (k for k in data if k in train):
+            try:
+                TypeAdapter(train[key]).validate_python(data[key])
+            except ValidationError as err:
+                raise ConfigError(format_validation_error(err, f"{path}: {key}")) from err
         return CacheJobConfig.model_validate({k: data[k] for k in SECTIONS if k in data})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, path)) from err
 
 
+@reports_user_errors("cache")
 def run_cache(args: argparse.Namespace) -> int:
-    """Body of ``raysae cache``: 0 on success, 1 with a one-paragraph message on a user error."""
-    try:
-        job = load_cache_job(args.config)
-        manifest = _write(job, args)
-    except USER_ERRORS as err:
-        print(f"raysae cache: error: {err}", file=sys.stderr)
-        return 1
+    """Body of ``raysae cache``: 0 on success; a user error is one line and exit code 2."""
+    job = load_cache_job(args.config)
+    check_source(job.activations.text)  # in the driver, before Ray starts
+    manifest = _write(job, args)
     size = sum(s.bytes for s in manifest.shards)
     print(
         f"{job.cache.dir}: {manifest.rows} activation rows of {len(manifest.hooks)} hook(s) "

@@ -1,9 +1,9 @@
-"""The streaming activation pipeline on Ray Data.
+"""The streaming activation pipeline on Ray Data (the one copy: caching, training and analysis).
 
 One read task tokenises and packs the text (a single task, so the stream is deterministic) → a fixed
-actor pool (``ActorPoolStrategy``), one model replica per actor, maps window batches to activation
-rows. Ray Data's streaming executor bounds what sits in the object store, so a run never holds the
-whole dataset. Rows: a float column per hook ([d_model]) and int64 token_id, doc_id, position, window_id.
+actor pool (``ActorPoolStrategy``), one model replica per actor, maps window batches with a callable
+class: activation rows (``ActivationExtractor``) or, for analysis, partial feature statistics. Ray Data's streaming executor bounds what sits in the object store,
+so a run never holds the whole dataset. Rows: a float column per hook ([d_model]) and int64 token_id, doc_id, position, window_id.
 
 Ray Data hands the read task's output on in blocks of up to ``target_max_block_size`` (128 MiB, about
 5M tokens), so the first activations appear once that much text (or the whole budget) is tokenised;
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import ray
@@ -28,6 +29,7 @@ from raysae.config.data import ActivationsConfig
 from raysae.data.batching import rebatch
 from raysae.data.extract import ActivationExtractor
 from raysae.data.resources import ResourcePlan, cluster_plan
+from raysae.data.sources import check_source
 from raysae.data.tokens import token_windows
 from raysae.lm.loader import load_tokenizer, model_source
 
@@ -59,9 +61,10 @@ class TokenWindowDatasource(Datasource):
         return [ReadTask(read, meta)]
 
 
-def read_blocks(cfg: ActivationsConfig) -> int | None:
-    """How many blocks Ray Data should cut the token stream into, so each replica task gets about one
-    forward batch (None: Ray's default when the budget is unknown).
+def read_blocks(cfg: ActivationsConfig, windows_per_task: int | None = None) -> int | None:
+    """How many blocks Ray Data should cut the token stream into, so each replica task gets about
+    ``windows_per_task`` windows (default ``cfg.batch_windows``, one forward batch); None: Ray's
+    default when the budget is unknown.
 
     Ray Data merges what one read task yields into blocks of up to ``target_max_block_size`` before
     passing them on, and splits each such block into ``override_num_blocks`` pieces (with one read
@@ -69,11 +72,56 @@ def read_blocks(cfg: ActivationsConfig) -> int | None:
     """
     if cfg.total_tokens is None:
         return None
+    per_task = windows_per_task or cfg.batch_windows
     t = cfg.tokens.context_size
     windows = math.ceil(cfg.total_tokens / max(1, t - 1))
     window_bytes = t * (3 * 8 + 1) + 8  # tokens, doc_ids, positions (int64), keep (bool), window_id
     per_block = max(1, (DataContext.get_current().target_max_block_size or 2**27) // window_bytes)
-    return max(1, min(100_000, math.ceil(min(windows, per_block) / cfg.batch_windows)))
+    return max(1, min(100_000, math.ceil(min(windows, per_block) / per_task)))
+
+
+def window_map_dataset(
+    cfg: ActivationsConfig,
+    map_class: type,
+    map_kwargs: Mapping[str, Any],
+    *,
+    windows_per_task: int | None = None,
+    plan: ResourcePlan | None = None,
+    skip_windows: int = 0,
+    preserve_order: bool = False,
+) -> Dataset:
+    """The one pipeline: the token windows of ``cfg`` mapped by an actor pool of ``map_class``.
+
+    ``map_class`` is a callable class for ``Dataset.map_batches`` (one model replica per actor:
+    ``ActivationExtractor`` for activation rows, the analysis' ``FeatureAnalyzer`` for partial
+    statistics); it is built as ``map_class(model=cfg.model, num_threads=..., **map_kwargs)``. Each
+    call gets ``windows_per_task`` windows (default ``cfg.batch_windows``). ``plan`` defaults to
+    ``cluster_plan(cfg.resources, cfg.model.device)``; ``preserve_order`` keeps window order.
+    The text source is checked here, in the driver, so a bad one fails in one line, not in a task.
+    """
+    check_source(cfg.text)
+    plan = plan or cluster_plan(cfg.resources, cfg.model.device)
+    model_source(cfg.model)  # dequantise the bundled model once here, not in every replica
+    log.info("activation pipeline (%s): %s", map_class.__name__, plan.describe())
+    per_task = windows_per_task or cfg.batch_windows
+    windows = ray.data.read_datasource(
+        TokenWindowDatasource(cfg, skip_windows),
+        num_cpus=plan.read_cpus,
+        override_num_blocks=read_blocks(cfg, per_task),
+    )
+    ds = windows.map_batches(
+        map_class,
+        fn_constructor_kwargs={"model": cfg.model, "num_threads": plan.torch_threads, **map_kwargs},
+        batch_size=per_task,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(
+            size=plan.replicas, max_tasks_in_flight_per_actor=plan.max_tasks_in_flight_per_replica
+        ),
+        num_cpus=plan.cpus_per_replica,
+        num_gpus=plan.gpus_per_replica or None,
+    )
+    ds.context.execution_options.preserve_order = preserve_order
+    return ds
 
 
 def activation_dataset(
@@ -88,31 +136,14 @@ def activation_dataset(
     train workers set aside when a Ray Train job consumes the rows. ``preserve_order`` keeps the rows
     in window order (the cache writer needs it); otherwise replicas' outputs interleave.
     """
-    plan = plan or cluster_plan(cfg.resources, cfg.model.device)
-    model_source(cfg.model)  # dequantise the bundled model once here, not in every replica
-    log.info("activation pipeline: %s", plan.describe())
-    windows = ray.data.read_datasource(
-        TokenWindowDatasource(cfg, skip_windows),
-        num_cpus=plan.read_cpus,
-        override_num_blocks=read_blocks(cfg),
-    )
-    ds = windows.map_batches(
+    return window_map_dataset(
+        cfg,
         ActivationExtractor,
-        fn_constructor_kwargs={
-            "model": cfg.model,
-            "hooks": list(cfg.hooks),
-            "num_threads": plan.torch_threads,
-        },
-        batch_size=cfg.batch_windows,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(
-            size=plan.replicas, max_tasks_in_flight_per_actor=plan.max_tasks_in_flight_per_replica
-        ),
-        num_cpus=plan.cpus_per_replica,
-        num_gpus=plan.gpus_per_replica or None,
+        {"hooks": list(cfg.hooks)},
+        plan=plan,
+        skip_windows=skip_windows,
+        preserve_order=preserve_order,
     )
-    ds.context.execution_options.preserve_order = preserve_order
-    return ds
 
 
 def iter_row_chunks(

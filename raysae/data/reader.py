@@ -1,6 +1,7 @@
 """Read an activation cache: a plain iterator of torch batches, or a Ray Dataset of rows.
 
-Every shard is checked against the manifest when read (size, and sha256 unless ``verify=False``); a
+Opening a cache validates the manifest and checks every listed shard's size and row count (from its
+safetensors header), so ``rows`` is what will be read. Every shard is checked against the manifest when read (size, and sha256 unless ``verify=False``); a
 missing or corrupt shard raises ``CacheCorruptError`` naming the file, and requesting hooks the cache
 does not hold raises ``CacheMismatchError`` naming them.
 """
@@ -23,6 +24,7 @@ from raysae.data.manifest import (
     CacheCorruptError,
     CacheMismatchError,
     Manifest,
+    check_shard_file,
     read_manifest,
     read_shard_bytes,
 )
@@ -34,6 +36,8 @@ class ActivationCache:
     def __init__(self, path: str | Path, hooks: Sequence[str] | None = None, verify: bool = True):
         self.path = Path(path).expanduser()
         self.manifest: Manifest = read_manifest(self.path)
+        for shard in self.manifest.shards:  # size and rows from the headers: the counts are trusted
+            check_shard_file(self.path, shard)
         self.hooks = self._select(hooks)
         self.verify = verify
 

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from raysae.config.data import ResourcesConfig
+from raysae.errors import RaysaeError
 
 _EPS = 1e-9
 
 
-class ResourceError(RuntimeError):
+class ResourceError(RaysaeError, RuntimeError):
     """The requested pipeline does not fit the cluster; the message shows the budget."""
 
 

@@ -6,6 +6,7 @@ files or folders, JSONL (a field), Parquet (a column) and a locally saved Huggin
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import importlib.util
 import json
@@ -14,11 +15,51 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
-from raysae.config.data import TextSourceConfig
+from raysae.config.data import ActivationsConfig, TextSourceConfig
+from raysae.errors import RaysaeError
+
+_HEAD_BYTES = 8192
 
 
-class TextSourceError(ValueError):
+class TextSourceError(RaysaeError, ValueError):
     """A text source that cannot be read; the message names the file."""
+
+
+def check_source(cfg: TextSourceConfig | ActivationsConfig) -> None:
+    """Fail at once, in one line, on a text source that cannot give documents: a missing path, a
+    folder without matching files, binary files, or no non-empty document.
+
+    Run in the driver before Ray starts (cache, train, analyze), so the error is not buried in a
+    read task's traceback. Reads the head of every file and the first document only.
+    """
+    text = cfg.text if isinstance(cfg, ActivationsConfig) else cfg
+    if text.kind in ("text", "jsonl"):
+        for path in _files(text):
+            _check_head(path)
+    if next(iter_documents(text), None) is None:
+        where = text.path or text.kind
+        raise TextSourceError(f"{where}: the text source has no non-empty document (text source {text.kind})")
+
+
+def _check_head(path: Path) -> None:
+    """Refuse a file whose first bytes are not UTF-8 text (NUL bytes, invalid sequences)."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(_HEAD_BYTES)
+    except OSError as err:
+        raise TextSourceError(f"{path}: cannot read: {err}") from err
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as err:
+        raise TextSourceError(
+            f"{path}: a binary file, not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    if b"\x00" in head:
+        raise TextSourceError(f"{path}: a binary file, not UTF-8 text (NUL bytes)")
 
 
 def iter_documents(cfg: TextSourceConfig) -> Iterator[str]:

@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from raysae.config import DictionaryConfig
+from raysae.devices import resolve_device
 from raysae.dictionaries.activations import Activation, build_activation
+from raysae.errors import RaysaeError
+from raysae.lm.hooks import HookError, parse_hook
 
 Batch = Tensor | Mapping[str, Tensor]
 
@@ -44,16 +47,23 @@ def resolve_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def factory_kwargs(cfg: DictionaryConfig, device: str | torch.device | None) -> dict[str, Any]:
+    """``dtype``/``device`` keywords for a dictionary's tensors: the dtype is identity (in ``cfg``), the
+    device is placement (given at build time; None is CPU, "auto" is CUDA when present)."""
+    return {"dtype": resolve_dtype(cfg.dtype), "device": resolve_device("cpu" if device is None else device)}
+
+
+class DictionaryCompatibilityError(RaysaeError, ValueError):
+    """A dictionary does not fit a language model: another width, or hooks the model lacks."""
 
 
 class SparseDictionary(nn.Module, ABC):
     """Encode activations into sparse latents and decode them back (or into another hook)."""
 
     architecture: ClassVar[str]
+    """Registry name of the class; ``@register`` files the class under it (and ``aliases``)."""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    """Further registry names served by the same class (a transcoder is an SAE with another label)."""
 
     def __init__(self, cfg: DictionaryConfig, latent_shape: tuple[int, ...], scale_shape: tuple[int, ...]):
         super().__init__()
@@ -154,6 +164,71 @@ class SparseDictionary(nn.Module, ABC):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
+
+    # ---- features, as analysis and serving number them ------------------------------------------
+    # Every feature has one flat index g = group * d_sae + index. A group is a set of d_sae latents that
+    # read one place: a CLT layer; the whole dictionary otherwise.
+    @property
+    def n_groups(self) -> int:
+        """Latent groups (CLT layers); 1 for dictionaries with one latent space."""
+        return 1
+
+    @property
+    def n_features(self) -> int:
+        """Features under the flat numbering: ``n_groups * d_sae``."""
+        return self.n_groups * self.d_sae
+
+    def _check_group(self, group: int) -> None:
+        if not 0 <= group < self.n_groups:
+            raise IndexError(f"group {group} out of range: {type(self).__name__} has {self.n_groups}")
+
+    def group_hook(self, group: int) -> str:
+        """The stored ``hook`` of ``group``'s features (part of a feature's identity in the store)."""
+        self._check_group(group)
+        return self.hooks_in[group]
+
+    def group_layer(self, group: int) -> int | None:
+        """The layer of ``group`` (position in ``hooks_in``) for layered dictionaries; None otherwise."""
+        self._check_group(group)
+        return None
+
+    def feature_hooks(self) -> list[str]:
+        """Every stored hook of this dictionary, in group order."""
+        return [self.group_hook(g) for g in range(self.n_groups)]
+
+    def encode_flat(self, acts: Mapping[str, Tensor]) -> Tensor:
+        """Latents ``[N, n_features]`` of raw activation rows ``{hook: [N, d_model]}``, without autograd.
+
+        Rows are moved to the dictionary's device and dtype; hooks it does not read are ignored.
+        """
+        ref = self.input_scale
+        x = self.prepare_input({h: acts[h].to(device=ref.device, dtype=ref.dtype) for h in self.hooks_in})
+        with torch.inference_mode():
+            z = self.encode(x)
+        return z.reshape(z.shape[0], -1)
+
+    @abstractmethod
+    def write_directions(self, group: int, index: Tensor, n_layers: int | None = None) -> Tensor:
+        """Raw-space residual-stream directions ``[len(index), d_model]`` that features write (for DLA).
+
+        ``n_layers`` is the model's depth, needed to order final-norm hooks.
+        """
+
+    def check_model_compatible(self, model_name: str, d_model: int, n_layers: int) -> None:
+        """Raise ``DictionaryCompatibilityError`` unless a model of this width and depth has every hook
+        this dictionary reads (what encoding the model's activations needs)."""
+        if d_model != self.d_model:
+            raise DictionaryCompatibilityError(
+                f"the dictionary reads d_model={self.d_model} activations but {model_name} has "
+                f"d_model={d_model}"
+            )
+        for hook in self.hooks_in:
+            try:
+                parse_hook(hook, n_layers)
+            except HookError as err:
+                raise DictionaryCompatibilityError(
+                    f"the dictionary's hook {hook!r} does not fit {model_name} ({n_layers} layers): {err}"
+                ) from err
 
     # ---- the shared loss ----------------------------------------------------------------------
     def compute_loss(

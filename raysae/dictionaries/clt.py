@@ -20,22 +20,22 @@ import torch
 from torch import Tensor, nn
 
 from raysae.config import CLTConfig
-from raysae.dictionaries.base import LATENT, SparseDictionary, resolve_device, resolve_dtype
+from raysae.dictionaries.base import LATENT, SparseDictionary, factory_kwargs
 from raysae.dictionaries.registry import register
 
 
-@register("clt")
+@register
 class CrossLayerTranscoder(SparseDictionary):
     """L per-layer encoders; decoders i→j for j ≥ i; latents ``[batch, L, d_sae]``."""
 
     architecture = "clt"
 
-    def __init__(self, cfg: CLTConfig):
+    def __init__(self, cfg: CLTConfig, device: str | torch.device | None = None):
         n, s, d = cfg.n_layers, cfg.latent_count, cfg.d_model
         super().__init__(cfg, latent_shape=(n, s), scale_shape=(n,))
         self.cfg: CLTConfig = cfg
         self.n_layers = n
-        factory = {"dtype": resolve_dtype(cfg.dtype), "device": resolve_device(cfg.device)}
+        factory = factory_kwargs(cfg, device)
         self.W_enc = nn.Parameter(torch.empty(n, d, s, **factory))
         self.b_enc = nn.Parameter(torch.zeros(n, s, **factory))
         self.W_dec = nn.ParameterList([nn.Parameter(torch.empty(s, n - i, d, **factory)) for i in range(n)])
@@ -80,6 +80,15 @@ class CrossLayerTranscoder(SparseDictionary):
     def hooks_out(self) -> list[str]:
         return list(self.cfg.hook_points_out)
 
+    @property
+    def n_groups(self) -> int:
+        """One latent group per layer."""
+        return self.n_layers
+
+    def group_layer(self, group: int) -> int | None:
+        self._check_group(group)
+        return group
+
     def encode_pre(self, x: Tensor) -> Tensor:
         pre = torch.einsum("...ld,lds->...ls", x, self.W_enc) + self.b_enc
         if self.cfg.glu_encoder:
@@ -110,6 +119,15 @@ class CrossLayerTranscoder(SparseDictionary):
             unit = w / torch.linalg.vector_norm(w, dim=(-2, -1), keepdim=True).clamp(min=1e-12)
             parallel = (w.grad * unit).sum(dim=(-2, -1), keepdim=True)
             w.grad.sub_(parallel * unit)
+
+    @torch.no_grad()
+    def write_directions(self, group: int, index: Tensor, n_layers: int | None = None) -> Tensor:
+        """The sum of the features' decoders to every layer j >= ``group``: each layer's output is
+        added to the residual stream."""
+        self._check_group(group)
+        s_out = self.output_scale
+        parts = [self.decoder(group, j)[index] / s_out[j] for j in range(group, self.n_layers)]
+        return torch.stack(parts).sum(0)
 
     @torch.no_grad()
     def fold_scales_(self) -> None:

@@ -18,22 +18,23 @@ import torch
 from torch import Tensor, nn
 
 from raysae.config import CrossCoderConfig
-from raysae.dictionaries.base import LATENT, SparseDictionary, resolve_device, resolve_dtype
+from raysae.dictionaries.base import LATENT, SparseDictionary, factory_kwargs
 from raysae.dictionaries.registry import register
+from raysae.lm.hooks import parse_hook
 
 
-@register("crosscoder")
+@register
 class CrossCoder(SparseDictionary):
     """Per-head encoders summed into one latent space; per-head decoders; latents ``[batch, d_sae]``."""
 
     architecture = "crosscoder"
 
-    def __init__(self, cfg: CrossCoderConfig):
+    def __init__(self, cfg: CrossCoderConfig, device: str | torch.device | None = None):
         h, s, d = cfg.n_heads, cfg.latent_count, cfg.d_model
         super().__init__(cfg, latent_shape=(s,), scale_shape=(h,))
         self.cfg: CrossCoderConfig = cfg
         self.n_heads = h
-        factory = {"dtype": resolve_dtype(cfg.dtype), "device": resolve_device(cfg.device)}
+        factory = factory_kwargs(cfg, device)
         self.W_enc = nn.Parameter(torch.empty(h, d, s, **factory))
         self.b_enc = nn.Parameter(torch.zeros(s, **factory))
         self.W_dec = nn.Parameter(torch.empty(h, s, d, **factory))
@@ -69,6 +70,11 @@ class CrossCoder(SparseDictionary):
     def hooks_out(self) -> list[str]:
         return list(self.cfg.hook_points)
 
+    def group_hook(self, group: int) -> str:
+        """Every head's hook, joined with "+": the heads share one latent space."""
+        self._check_group(group)
+        return "+".join(self.hooks_in)
+
     def encode_pre(self, x: Tensor) -> Tensor:
         pre = torch.einsum("...hd,hds->...s", x, self.W_enc) + self.b_enc
         if self.cfg.glu_encoder:
@@ -96,6 +102,14 @@ class CrossCoder(SparseDictionary):
         n_sq = n.pow(2).sum(dim=(0, 2), keepdim=True)  # number of non-zero heads of each latent
         along = (grad * n).sum(dim=(0, 2), keepdim=True) / n_sq.clamp(min=1e-12)
         grad.sub_(along * n)
+
+    @torch.no_grad()
+    def write_directions(self, group: int, index: Tensor, n_layers: int | None = None) -> Tensor:
+        """The decoder of the head whose hook comes last in the forward pass (nearest the unembedding)."""
+        self._check_group(group)
+        hooks = self.hooks_in
+        head = max(range(len(hooks)), key=lambda h: parse_hook(hooks[h], n_layers).order)
+        return self.W_dec[head][index] / self.output_scale[head]
 
     @torch.no_grad()
     def fold_scales_(self) -> None:

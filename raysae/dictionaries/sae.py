@@ -6,21 +6,22 @@ import torch
 from torch import Tensor, nn
 
 from raysae.config import SAEConfig
-from raysae.dictionaries.base import LATENT, SparseDictionary, resolve_device, resolve_dtype
+from raysae.dictionaries.base import LATENT, SparseDictionary, factory_kwargs
 from raysae.dictionaries.registry import register
 
 
-@register("sae", "transcoder")
+@register
 class SparseAutoencoder(SparseDictionary):
     """pre = (x − b_dec?) W_enc + b_enc [· σ(x W_glu + b_glu)]; z = act(pre); ŷ = z W_dec + b_dec."""
 
     architecture = "sae"
+    aliases = ("transcoder",)
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: SAEConfig, device: str | torch.device | None = None):
         super().__init__(cfg, latent_shape=(cfg.latent_count,), scale_shape=())
         self.cfg: SAEConfig = cfg
         d, s = cfg.d_model, cfg.latent_count
-        factory = {"dtype": resolve_dtype(cfg.dtype), "device": resolve_device(cfg.device)}
+        factory = factory_kwargs(cfg, device)
         self.W_enc = nn.Parameter(torch.empty(d, s, **factory))
         self.b_enc = nn.Parameter(torch.zeros(s, **factory))
         self.W_dec = nn.Parameter(torch.empty(s, d, **factory))
@@ -53,7 +54,8 @@ class SparseAutoencoder(SparseDictionary):
 
     @property
     def subtracts_b_dec(self) -> bool:
-        return self.cfg.apply_decoder_bias_to_pre_encoder and self.cfg.architecture == "sae"
+        """Only when input and label share a space: a transcoder's b_dec lives in output space."""
+        return self.cfg.apply_decoder_bias_to_pre_encoder and self.hooks_in == self.hooks_out
 
     def encode_pre(self, x: Tensor) -> Tensor:
         x_in = x - self.b_dec if self.subtracts_b_dec else x
@@ -79,6 +81,12 @@ class SparseAutoencoder(SparseDictionary):
         unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         parallel = (self.W_dec.grad * unit).sum(-1, keepdim=True)
         self.W_dec.grad.sub_(parallel * unit)
+
+    @torch.no_grad()
+    def write_directions(self, group: int, index: Tensor, n_layers: int | None = None) -> Tensor:
+        """The decoder rows: the features write ``hook_point_out``."""
+        self._check_group(group)
+        return self.W_dec[index] / self.output_scale
 
     @torch.no_grad()
     def fold_scales_(self) -> None:

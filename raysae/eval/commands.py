@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from raysae.commandline import reports_user_errors
 from raysae.config.base import load_config
 from raysae.config.evaluation import EvalConfig
+from raysae.files import atomic_write_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,21 +36,21 @@ def format_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+@reports_user_errors("eval")
 def run_eval(args: argparse.Namespace) -> int:
-    import raysae
+    """Body of ``raysae eval``: 0 on success; a user error is one line and exit code 2."""
+    from raysae.dictionaries import load_dictionary
     from raysae.eval.evaluate import evaluate
 
     cfg = load_config(args.config, EvalConfig) if args.config else EvalConfig()
-    if args.tokens:
+    if args.tokens is not None:  # validated on assignment: 0 and negatives are errors, not "the default"
         cfg.activations.total_tokens = args.tokens
     if args.no_ce:
         cfg.ce_loss = False
-    dictionary = raysae.load_dictionary(args.checkpoint)
+    dictionary = load_dictionary(args.checkpoint)
     metrics = evaluate(dictionary, cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint) / "metrics.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(out)
+    atomic_write_json(out, metrics)
     print(format_table(metrics))
     print(f"metrics: {out}")
     return 0

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from raysae import metrics as M
 from raysae.config.evaluation import EvalConfig
 from raysae.dictionaries.base import SparseDictionary
-from raysae import metrics as M
 from raysae.lm.model import LanguageModel
 
 
@@ -63,7 +63,7 @@ def evaluate(
         z = z.cpu()
         stats.update(y.cpu(), y_hat)
         fired += M.firing_counts(z)
-        l0_sum += (z != 0).double().sum(-1).sum(0)
+        l0_sum += M.active_latents(z).sum(0)
         n_tokens += z.shape[0]
         if splice:
             target = keep[:, 1:]

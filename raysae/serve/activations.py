@@ -15,11 +15,11 @@ from typing import Any
 
 from ray import serve
 
-from raysae.analysis.layout import FeatureLayout, encode_rows
 from raysae.config.serve import ServeConfig
+from raysae.errors import RaysaeError
 
 
-class RequestError(Exception):
+class RequestError(RaysaeError):
     """A request the model deployment cannot answer; ``status`` is the HTTP status to reply with."""
 
     def __init__(self, status: int, detail: str):
@@ -31,12 +31,13 @@ class RequestError(Exception):
         return f"{self.status}: {self.detail}"
 
 
-def feature_of(flat_index: int, layout: FeatureLayout) -> tuple[str, int]:
-    """(hook, index) of a latent by its flat index, as the analysis job stores it (see
-    ``raysae.analysis.layout``): a CLT layer's input hook, "+".join(hooks_in) for a CrossCoder, else
-    the dictionary's input hook."""
-    group, index = divmod(flat_index, layout.d_sae)
-    return layout.hook(group), index
+def feature_of(flat_index: int, dictionary: Any) -> tuple[str, int]:
+    """(hook, index) of a latent by its flat index in ``dictionary.encode_flat``'s output, as the
+    analysis job stores it: (``dictionary.group_hook(group)``, index within the group). A snapshot with
+    ``hook(group)`` instead (analysis's FeatureLayout) works too, without serve importing it."""
+    group, index = divmod(flat_index, dictionary.d_sae)
+    hook_of = getattr(dictionary, "group_hook", None) or dictionary.hook
+    return hook_of(group), index
 
 
 class FeatureActivations:
@@ -103,6 +104,7 @@ class FeatureActivations:
     ) -> dict[str, Any]:
         """The ``top_n`` most active features of every token of ``text`` under the dictionary ``record``
         (a dictionaries document: ``dictionary_id``, ``path``, optional ``model``)."""
+        from raysae.dictionaries import DictionaryCompatibilityError
         from raysae.lm import HookError
 
         dictionary_id = record["dictionary_id"]
@@ -114,12 +116,10 @@ class FeatureActivations:
             raise RequestError(409, f"dictionary {dictionary_id!r} names its model with a non-string")
         model = self.model(model_name)
         dictionary = self.dictionary(dictionary_id, path, str(model.device))
-        if dictionary.d_model != model.d_model:
-            raise RequestError(
-                409,
-                f"dictionary {dictionary_id!r} has d_model={dictionary.d_model} but model {model.name!r} "
-                f"has d_model={model.d_model}",
-            )
+        try:
+            dictionary.check_model_compatible(model.name, model.d_model, model.n_layers)
+        except DictionaryCompatibilityError as err:
+            raise RequestError(409, f"dictionary {dictionary_id!r}: {err}") from err
         hooks = list(dictionary.hooks_in)
         try:
             model.check_hooks(hooks)
@@ -135,8 +135,7 @@ class FeatureActivations:
             )
         with self._run_lock:
             acts = model.run_with_hooks(tokens, hooks)
-            z = encode_rows(dictionary, {h: acts[h][0] for h in hooks}).float()  # [T, n_features]
-        layout = FeatureLayout.of(dictionary)
+            z = dictionary.encode_flat({h: acts[h][0] for h in hooks}).float()  # [T, n_features]
         k = min(top_n, z.shape[1])
         values, indices = (t.tolist() for t in z.topk(k, dim=-1))
         n_active = (z > 0).sum(-1).tolist()
@@ -148,7 +147,7 @@ class FeatureActivations:
             for value, flat in zip(values[pos], indices[pos], strict=True):
                 if value <= 0:
                     break
-                hook, index = feature_of(flat, layout)
+                hook, index = feature_of(flat, dictionary)
                 feats.append({"hook": hook, "index": index, "activation": value})
             out_tokens.append(
                 {
@@ -162,7 +161,7 @@ class FeatureActivations:
         return {
             "dictionary_id": dictionary_id,
             "model": model.name,
-            "hooks": layout.hooks(),
+            "hooks": dictionary.feature_hooks(),
             "top_n": top_n,
             "n_tokens": len(out_tokens),
             "tokens": out_tokens,

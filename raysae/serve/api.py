@@ -11,6 +11,7 @@ annotations`` here: Serve rewrites the route signatures and FastAPI then reads t
 import json
 import math
 from collections.abc import Callable
+from importlib.metadata import version as _package_version
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
@@ -19,7 +20,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from raysae import __version__
 from raysae.config.serve import PAGE_SIZE_CEILING, ServeConfig
 from raysae.serve import schemas as m
 from raysae.serve.activations import RequestError
@@ -59,7 +59,7 @@ class FiniteJSONResponse(JSONResponse):
 
 app = FastAPI(
     title="raysae feature browser API",
-    version=__version__,
+    version=_package_version("raysae"),
     description="Dictionaries, per-feature statistics, top examples, direct logit attribution, "
     "explanations and scores stored by raysae's analysis jobs; and the most active features of a text.",
     default_response_class=FiniteJSONResponse,

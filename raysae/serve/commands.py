@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from raysae.commandline import reports_user_errors, standalone_main
 from raysae.config.base import ConfigError, format_validation_error, load_config
+from raysae.net import port_is_free
 
 
 def _say(message: str) -> None:
@@ -50,17 +51,6 @@ def _config(args: argparse.Namespace) -> Any:
     # Resolve the store here, so replicas use what this shell sees (MONGO_URI, a running local store).
     store = config.store.model_copy(update={"uri": resolve_uri(config.store), "db": resolve_db(config.store)})
     return config.model_copy(update={"store": store})
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 class _Stopped(Exception):
@@ -97,10 +87,11 @@ class _Signals:
             signal.signal(sig, old)
 
 
+@reports_user_errors("serve")
 def serve_command(args: argparse.Namespace) -> int:
     """Run the service until SIGINT/SIGTERM; 0 after a clean shutdown, 1 if it could not start."""
     config = _config(args)
-    if not _port_free(config.host, config.port):
+    if not port_is_free(config.host, config.port):
         _say(f"error: {config.host}:{config.port} is in use; pick another --port")
         return 1
     from raysae.store import Store, StoreUnavailableError
@@ -116,13 +107,12 @@ def serve_command(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from raysae.ray_session import ensure_ray
     from raysae.serve.app import start_local
 
-    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
-    own_cluster = address == "local"
-    if own_cluster:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private cluster: no token files
-    ray.init(address=address, num_cpus=args.num_cpus if own_cluster else None, include_dashboard=False)
+    own_cluster = not (args.address or os.environ.get("RAY_ADDRESS"))
+    cpus = {"num_cpus": args.num_cpus} if own_cluster and args.num_cpus is not None else {}
+    ensure_ray(args.address, include_dashboard=False, **cpus)
     signals = _Signals()
     failed = False
     try:
@@ -175,14 +165,7 @@ def add_parser(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (e.g. ``["serve", "--port", "8001"]``) and run it."""
-    parser = argparse.ArgumentParser(prog="raysae")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ConfigError as err:
-        _say(f"raysae: {err}")
-        return 2
+    return standalone_main(add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,18 @@
 """Request and response models of the HTTP API (they make up the published OpenAPI schema).
 
-Response models accept extra fields, so whatever else a job stores in a document is passed through.
+Stored documents are returned as the store's own models (``raysae.store.models``) or thin views of
+them; they accept extra fields, so whatever else a job stores in a document is passed through.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from raysae.config.serve import TOP_N_CEILING
+from raysae.store.models import DictionaryDoc, ExplanationDoc, FeatureDoc, FeatureSummary, ScoreDoc
 
 MAX_BODY_TEXT = 1_000_000  # hard bound of a text body; the configured max_text_chars is usually lower
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
 
 
 class Health(BaseModel):
@@ -26,21 +23,11 @@ class Health(BaseModel):
     text_endpoint: bool
 
 
-class DictionaryOut(_Open):
+class DictionaryOut(DictionaryDoc):
     """A dictionary record (its server-side ``path`` is not published)."""
 
     dictionary_id: str
-    architecture: str | None = None
-    hooks_in: list[str] | None = None
-    hooks_out: list[str] | None = None
-    hooks: list[str] | None = Field(None, description="The hook values of the feature documents.")
-    d_model: int | None = None
-    d_sae: int | None = Field(None, description="Latents per hook.")
-    layers: int | list[int] | None = Field(None, description="Number of CLT layers; null otherwise.")
-    n_features: int | None = Field(None, description="Features of the dictionary (all hooks).")
-    model: str | None = None
-    analysis_id: str | None = None
-    config: dict[str, Any] | None = None
+    path: SkipJsonSchema[str | None] = Field(None, exclude=True)
 
 
 class DictionaryDetail(DictionaryOut):
@@ -55,79 +42,11 @@ class DictionaryList(BaseModel):
     limit: int
 
 
-class Histogram(_Open):
-    edges: list[float]
-    counts: list[int | float]
-
-
-class Example(_Open):
-    """A window of text around a token where the feature fired; one activation per token."""
-
-    doc_id: int | str | None = None
-    window_id: int | str | None = None
-    position: int | None = None
-    max_activation: float | None = None
-    tokens: list[str] = []
-    token_ids: list[int] = []
-    activations: list[float] = []
-
-
-class QuantileExamples(_Open):
-    quantile_low: float | None = None
-    quantile_high: float | None = None
-    examples: list[Example] = []
-
-
-class LogitEffect(_Open):
-    """A token whose logit the feature's decoder direction raises (or lowers) directly."""
-
-    token: str
-    token_id: int | None = None
-    value: float
-
-
-class Explanation(_Open):
-    dictionary_id: str
-    hook: str
-    index: int
-    explainer: str
-    explanation: str
-
-
-class Score(_Open):
-    dictionary_id: str
-    hook: str
-    index: int
-    explainer: str
-    scorer: str
-    score: float | None
-
-
-class FeatureSummary(_Open):
-    """A feature's statistics without its examples, histogram and logit lists."""
-
-    dictionary_id: str
-    hook: str
-    index: int
-    layer: int | None = None
-    frequency: float | None = None
-    n_fired: int | None = None
-    n_tokens: int | None = None
-    mean_activation: float | None = None
-    max_activation: float | None = None
-    dla_positive_tokens: list[str] | None = None
-
-
-class FeatureDetail(FeatureSummary):
+class FeatureDetail(FeatureDoc):
     """Everything stored about one feature, with its explanations and their scores."""
 
-    histogram: Histogram | None = None
-    top_examples: list[Example] | None = None
-    quantile_examples: list[QuantileExamples] | None = None
-    dla_positive: list[LogitEffect] | None = None
-    dla_negative: list[LogitEffect] | None = None
-    explanations: list[Explanation] = []
-    scores: list[Score] = []
+    explanations: list[ExplanationDoc] = Field(default_factory=list)
+    scores: list[ScoreDoc] = Field(default_factory=list)
 
 
 class FeaturePage(BaseModel):
@@ -149,7 +68,7 @@ class FeatureList(BaseModel):
 
 
 class ExplanationList(BaseModel):
-    items: list[Explanation]
+    items: list[ExplanationDoc]
     skip: int
     limit: int
 

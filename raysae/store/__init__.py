@@ -1,10 +1,21 @@
 """MongoDB access through pymongo only: collections, indexes, idempotent writes, the local server launcher."""
 
 from raysae.config.store import StoreConfig
+from raysae.home import raysae_home
 from raysae.store.client import Store, resolve_db, resolve_uri
 from raysae.store.documents import SPILL_KEY
 from raysae.store.errors import DocumentTooLargeError, LocalStoreError, StoreError, StoreUnavailableError
-from raysae.store.paths import local_store_dir, raysae_home
+from raysae.store.models import (
+    AnalysisDoc,
+    DictionaryDoc,
+    ExplanationDoc,
+    FeatureDoc,
+    FeatureSummary,
+    GraphDoc,
+    ScoreDoc,
+    StoreDoc,
+)
+from raysae.store.paths import local_store_dir
 from raysae.store.schema import COLLECTIONS, ensure_indexes
 from raysae.store.server import (
     DEFAULT_URI,
@@ -20,12 +31,20 @@ __all__ = [
     "COLLECTIONS",
     "DEFAULT_URI",
     "SPILL_KEY",
+    "AnalysisDoc",
+    "DictionaryDoc",
     "DocumentTooLargeError",
+    "ExplanationDoc",
+    "FeatureDoc",
+    "FeatureSummary",
+    "GraphDoc",
     "LocalStoreError",
     "LocalStoreServer",
     "LocalStoreStatus",
+    "ScoreDoc",
     "Store",
     "StoreConfig",
+    "StoreDoc",
     "StoreError",
     "StoreUnavailableError",
     "ensure_indexes",

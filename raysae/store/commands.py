@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from raysae.commandline import reports_user_errors, standalone_main
 from raysae.store.errors import LocalStoreError
 from raysae.store.paths import local_store_dir
 from raysae.store.server import DEFAULT_HOST, DEFAULT_PORT, LOG_LEVELS, LocalStoreServer
@@ -32,6 +33,7 @@ def _server(args: argparse.Namespace, **kwargs: Any) -> LocalStoreServer:
     return LocalStoreServer(args.path, **kwargs)
 
 
+@reports_user_errors("store")
 def _start(args: argparse.Namespace) -> int:
     port = args.port
     if port is None:  # no --port: reuse a running store's port, else the default
@@ -50,6 +52,7 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_user_errors("store")
 def _stop(args: argparse.Namespace) -> int:
     server = _server(args)
     try:
@@ -61,6 +64,7 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_user_errors("store")
 def _status(args: argparse.Namespace) -> int:
     current = _server(args).status()
     if not current.running:
@@ -105,10 +109,7 @@ def add_parser(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (e.g. ``["store", "start"]``) and run the chosen subcommand."""
-    parser = argparse.ArgumentParser(prog="raysae")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return standalone_main(add_parser, argv)
 
 
 if __name__ == "__main__":

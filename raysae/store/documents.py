@@ -8,6 +8,7 @@ write replaces the file instead of adding one.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 import bson
 import gridfs
 from bson.errors import InvalidDocument
+from pydantic import TypeAdapter, ValidationError
 
 from raysae.store.errors import DocumentTooLargeError
+from raysae.store.models import StoreDoc
 
 SPILL_KEY = "__gridfs__"
 Document = dict[str, Any]
@@ -123,12 +126,29 @@ def resolve_spilled(doc: Document | None, fs: gridfs.GridFS) -> Document | None:
     return doc
 
 
-def check_feature_fields(doc: Mapping[str, Any], where: str) -> None:
-    """The fields that feature queries sort and filter on must have the right types when present."""
-    for field in ("frequency", "max_activation"):
-        value = doc.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"{where}: {field} must be a number, got {type(value).__name__}")
-    tokens = doc.get("dla_positive_tokens")
-    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
-        raise ValueError(f"{where}: dla_positive_tokens must be a list of strings")
+def check_query_fields(model: type[StoreDoc], doc: Mapping[str, Any], where: str) -> None:
+    """The fields that queries sort and filter on (``model.QUERY_FIELDS``) must have the model's types,
+    strictly (no bool for a number, no string for a number); required ones must be present."""
+    for name in model.QUERY_FIELDS:
+        info = model.model_fields[name]
+        if name not in doc:
+            if info.is_required():
+                raise ValueError(f"{where}: {name} is missing")
+            continue
+        try:
+            _adapter(model, name).validate_python(doc[name], strict=True)
+        except ValidationError:
+            value = doc[name]
+            raise ValueError(
+                f"{where}: {name} must be {_describe(info.annotation)}, got {type(value).__name__}"
+            ) from None
+
+
+@functools.cache
+def _adapter(model: type[StoreDoc], name: str) -> TypeAdapter:
+    return TypeAdapter(model.model_fields[name].annotation)
+
+
+def _describe(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+    return {"float | None": "a number", "float": "a number", "str": "a string"}.get(text, f"of type {text}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from raysae.errors import RaysaeError
 
-class StoreError(RuntimeError):
+
+class StoreError(RaysaeError, RuntimeError):
     """A store operation failed for a reason other than bad input."""
 
 
@@ -11,7 +13,7 @@ class StoreUnavailableError(StoreError):
     """The database could not be reached after the configured retries."""
 
 
-class DocumentTooLargeError(ValueError):
+class DocumentTooLargeError(RaysaeError, ValueError):
     """A document is over the size limit and could not be split into GridFS."""
 
 

@@ -1,16 +1,7 @@
 """Collections, identity keys, well-known fields and the indexes behind every query of the store.
 
-Documents of each collection (besides free-form fields the writing job adds):
-
-- ``dictionaries``: ``dictionary_id``; e.g. architecture, config, checkpoint path, metrics.
-- ``features``: ``dictionary_id``, ``hook`` (the layer's hook point), ``index``; ``frequency`` (fraction
-  of tokens on which the feature fires), ``max_activation``, ``dla_positive_tokens`` (the tokens with the
-  largest positive direct logit attribution, strongest first; a flat list of strings so that a multikey
-  index serves "features by token"), top examples, histograms.
-- ``analyses``: ``dictionary_id``, ``analysis_id``; one record per analysis run (corpus, tokens, settings).
-- ``explanations``: feature identity + ``explainer``; ``explanation`` (text).
-- ``scores``: feature identity + ``explainer`` + ``scorer``; ``score`` (number).
-- ``graphs``: ``graph_id``; optional ``dictionary_id``; the attribution graph of one prompt.
+The shape of each collection's documents is defined once, in ``raysae.store.models``; this module
+holds what the database needs: names, identity keys, the queried fields and the indexes.
 
 Every document also gets ``updated_at``. Fields too large for one document live in GridFS (bucket
 ``blobs``), see ``raysae.store.documents``.
@@ -25,6 +16,10 @@ from __future__ import annotations
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
+
+from raysae.store.models import FEATURE_HEAVY_FIELDS
+
+__all__ = ["FEATURE_HEAVY_FIELDS", "INDEXES", "ensure_indexes"]
 
 DICTIONARIES = "dictionaries"
 FEATURES = "features"
@@ -52,8 +47,6 @@ EXPLANATION = "explanation"
 SCORE = "score"
 UPDATED_AT = "updated_at"
 FEATURE_SORTS = (FREQUENCY, MAX_ACTIVATION, "index")
-# Left out of feature summaries (pages, searches): the bulk of a feature document.
-FEATURE_HEAVY_FIELDS = ("top_examples", "quantile_examples", "histogram", "dla_positive", "dla_negative")
 
 _ID, _H, _I = "dictionary_id", "hook", "index"
 

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from raysae.net import free_port, port_is_free
 from raysae.store.errors import LocalStoreError
 from raysae.store.paths import local_store_dir
 
@@ -45,20 +45,8 @@ DEFAULT_URI = local_uri(DEFAULT_HOST, DEFAULT_PORT)
 
 
 def find_free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether ``port`` on ``host`` can be bound now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
+    """A TCP port on ``host`` that nothing listens on right now (``raysae.net.free_port``)."""
+    return free_port(host)
 
 
 def find_server_executable() -> str:

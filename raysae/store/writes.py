@@ -6,7 +6,8 @@ instead). Oversize documents spill their largest fields to GridFS (see ``raysae.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,26 @@ from pymongo.database import Database
 from raysae.config.store import StoreConfig
 from raysae.store import schema as s
 from raysae.store import validate as v
-from raysae.store.documents import Document, check_feature_fields, owner_key, spill_oversize, to_storable
+from raysae.store.documents import Document, check_query_fields, owner_key, spill_oversize, to_storable
+from raysae.store.models import (
+    AnalysisDoc,
+    DictionaryDoc,
+    ExplanationDoc,
+    FeatureDoc,
+    GraphDoc,
+    ScoreDoc,
+    StoreDoc,
+)
+
+Body = StoreDoc | Mapping[str, Any]
+MODELS: dict[str, type[StoreDoc]] = {
+    s.DICTIONARIES: DictionaryDoc,
+    s.FEATURES: FeatureDoc,
+    s.ANALYSES: AnalysisDoc,
+    s.EXPLANATIONS: ExplanationDoc,
+    s.SCORES: ScoreDoc,
+    s.GRAPHS: GraphDoc,
+}
 
 
 class StoreWrites:
@@ -31,7 +51,7 @@ class StoreWrites:
     _retry: Callable[[str, Callable[[], Any]], Any]
 
     def _upsert_many(
-        self, collection: str, items: Iterable[tuple[Document, Mapping[str, Any]]], replace: bool = True
+        self, collection: str, items: Iterable[tuple[Document, Body]], replace: bool = True
     ) -> int:
         """Upsert (identity, body) pairs in batches; returns the number of documents written."""
         coll = self.db[collection]
@@ -47,15 +67,14 @@ class StoreWrites:
 
         for identity, body in items:
             key = owner_key(collection, identity)
-            doc = to_storable(body)
+            doc = to_storable(_mapping(body, MODELS[collection]))
             for field in identity_fields:
                 if field in doc and doc[field] != identity[field]:
                     raise ValueError(
                         f"{key}: document has {field}={doc[field]!r}, expected {identity[field]!r}"
                     )
             doc.pop("_id", None)
-            if collection == s.FEATURES:
-                check_feature_fields(doc, key)
+            check_query_fields(MODELS[collection], doc, key)
             doc = {**identity, **doc, s.UPDATED_AT: datetime.now(UTC)}
             fs = self.fs if self.config.spill_to_gridfs else None
             meta = {"collection": collection, "dictionary_id": doc.get("dictionary_id")}
@@ -101,21 +120,25 @@ class StoreWrites:
             if f["_id"] not in keep and (replace or f["metadata"].get("field") in fields):
                 self.fs.delete(f["_id"])
 
-    def upsert_dictionary(self, dictionary_id: str, doc: Mapping[str, Any], *, replace: bool = True) -> None:
+    def upsert_dictionary(self, dictionary_id: str, doc: Body, *, replace: bool = True) -> None:
         """Write the record of one dictionary (replace=False merges fields into an existing record)."""
         ident = {"dictionary_id": v.as_id(dictionary_id, "dictionary_id")}
         self._upsert_many(s.DICTIONARIES, [(ident, doc)], replace)
 
     def upsert_features(
-        self, dictionary_id: str, hook: str, docs: Iterable[Mapping[str, Any]], *, replace: bool = True
+        self, dictionary_id: str, hook: str, docs: Iterable[Body], *, replace: bool = True
     ) -> int:
-        """Write feature documents of one hook, each carrying its ``index``; returns how many were written."""
+        """Write feature documents (``FeatureDoc`` or mappings) of one hook, each carrying its ``index``;
+        returns how many were written."""
         d, h = v.as_id(dictionary_id, "dictionary_id"), v.as_id(hook, "hook")
-        items = ((v.feature_identity(d, h, _field(doc, "index")), doc) for doc in docs)
+        items = (
+            (v.feature_identity(d, h, _field(doc, "index")), doc)
+            for doc in (_mapping(doc, FeatureDoc) for doc in docs)
+        )
         return self._upsert_many(s.FEATURES, items, replace)
 
     def upsert_analysis(
-        self, dictionary_id: str, analysis_id: str, doc: Mapping[str, Any], *, replace: bool = True
+        self, dictionary_id: str, analysis_id: str, doc: Body, *, replace: bool = True
     ) -> None:
         """Write the record of one analysis run of a dictionary."""
         ident = {
@@ -124,18 +147,17 @@ class StoreWrites:
         }
         self._upsert_many(s.ANALYSES, [(ident, doc)], replace)
 
-    def upsert_explanations(self, dictionary_id: str, hook: str, docs: Iterable[Mapping[str, Any]]) -> int:
-        """Write explanations; each doc has ``index``, ``explainer`` and ``explanation`` (text)."""
+    def upsert_explanations(self, dictionary_id: str, hook: str, docs: Iterable[Body]) -> int:
+        """Write explanations (``ExplanationDoc`` or mappings with ``index``, ``explainer`` and
+        ``explanation``, the text)."""
         d, h = v.as_id(dictionary_id, "dictionary_id"), v.as_id(hook, "hook")
 
-        def items() -> Iterable[tuple[Document, Mapping[str, Any]]]:
-            for doc in docs:
+        def items() -> Iterable[tuple[Document, Body]]:
+            for doc in (_mapping(doc, ExplanationDoc) for doc in docs):
                 ident = {
                     **v.feature_identity(d, h, _field(doc, "index")),
                     "explainer": v.as_id(_field(doc, "explainer"), "explainer"),
                 }
-                if not isinstance(doc.get(s.EXPLANATION), str):
-                    raise ValueError(f"explanation of {ident} must be a string")
                 yield ident, doc
 
         return self._upsert_many(s.EXPLANATIONS, items())
@@ -150,20 +172,18 @@ class StoreWrites:
             [{**extra, "index": index, "explainer": explainer, s.EXPLANATION: explanation}],
         )
 
-    def upsert_scores(self, dictionary_id: str, hook: str, docs: Iterable[Mapping[str, Any]]) -> int:
-        """Write scores; each doc has ``index``, ``explainer``, ``scorer`` and a numeric ``score``."""
+    def upsert_scores(self, dictionary_id: str, hook: str, docs: Iterable[Body]) -> int:
+        """Write scores (``ScoreDoc`` or mappings with ``index``, ``explainer``, ``scorer`` and a numeric
+        ``score``)."""
         d, h = v.as_id(dictionary_id, "dictionary_id"), v.as_id(hook, "hook")
 
-        def items() -> Iterable[tuple[Document, Mapping[str, Any]]]:
-            for doc in docs:
+        def items() -> Iterable[tuple[Document, Body]]:
+            for doc in (_mapping(doc, ScoreDoc) for doc in docs):
                 ident = {
                     **v.feature_identity(d, h, _field(doc, "index")),
                     "explainer": v.as_id(_field(doc, "explainer"), "explainer"),
                     "scorer": v.as_id(_field(doc, "scorer"), "scorer"),
                 }
-                score = doc.get(s.SCORE)
-                if isinstance(score, bool) or not isinstance(score, (int, float)):
-                    raise ValueError(f"score of {ident} must be a number, got {type(score).__name__}")
                 yield ident, doc
 
         return self._upsert_many(s.SCORES, items())
@@ -182,14 +202,39 @@ class StoreWrites:
         doc = {**extra, "index": index, "explainer": explainer, "scorer": scorer, s.SCORE: score}
         self.upsert_scores(dictionary_id, hook, [doc])
 
-    def upsert_graph(
-        self, graph_id: str, doc: Mapping[str, Any], *, dictionary_id: str | None = None
-    ) -> None:
+    def upsert_graph(self, graph_id: str, doc: Body, *, dictionary_id: str | None = None) -> None:
         """Write an attribution graph (large ones spill their biggest fields to GridFS)."""
-        body = dict(doc)
+        body = dict(_mapping(doc, GraphDoc))
         if dictionary_id is not None:
             body["dictionary_id"] = v.as_id(dictionary_id, "dictionary_id")
         self._upsert_many(s.GRAPHS, [({"graph_id": v.as_id(graph_id, "graph_id")}, body)])
+
+    def delete_stale_features(self, dictionary_id: str, hooks: Sequence[str], d_sae: int) -> int:
+        """Delete the dictionary's feature documents that a fresh analysis no longer writes: those whose
+        hook is not in ``hooks`` or whose index is >= ``d_sae`` (an earlier, differently shaped run),
+        and their GridFS blobs. Returns the number of documents deleted; repeatable after interruption
+        (blobs are matched by their owner key, not by the documents)."""
+        d = v.as_id(dictionary_id, "dictionary_id")
+        if isinstance(hooks, str):
+            raise ValueError("hooks must be a sequence of hook names, not one string")
+        keep = [v.as_id(h, "hook") for h in hooks]
+        n = v.as_int(d_sae, "d_sae", 0)
+        stale = {"dictionary_id": d, "$or": [{"hook": {"$nin": keep}}, {"index": {"$gte": n}}]}
+        coll = self.db[s.FEATURES]
+        deleted = self._retry(
+            f"deleting stale features of {d}", lambda: coll.delete_many(stale).deleted_count
+        )
+
+        def drop_blobs() -> None:
+            files = self.db[f"{s.BLOB_BUCKET}.files"]
+            query = {"metadata.collection": s.FEATURES, "metadata.dictionary_id": d}
+            for f in files.find(query, {"_id": 1, "metadata.key": 1}):
+                _, _, hook, index = json.loads(f["metadata"]["key"])
+                if hook not in keep or index >= n:
+                    self.fs.delete(f["_id"])
+
+        self._retry(f"deleting stale GridFS blobs of {d}", drop_blobs)
+        return deleted
 
     def delete_dictionary(self, dictionary_id: str) -> dict[str, int]:
         """Delete a dictionary and everything about it (features, analyses, explanations, scores, graphs,
@@ -219,6 +264,15 @@ class StoreWrites:
             f"deleting dictionary {d}", lambda: coll.delete_many({"dictionary_id": d}).deleted_count
         )
         return counts
+
+
+def _mapping(doc: Any, model: type[StoreDoc]) -> Any:
+    """A model's stored fields; mappings (and anything else, for ``_field`` to reject) as they are."""
+    if isinstance(doc, StoreDoc):
+        if not isinstance(doc, model):
+            raise ValueError(f"expected a {model.__name__} or a mapping, got a {type(doc).__name__}")
+        return doc.storable()
+    return doc
 
 
 def _field(doc: Any, name: str) -> Any:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from pydantic import ValidationError
 
+from raysae.commandline import reports_user_errors
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
 
 
@@ -36,18 +36,15 @@ def load_train_settings(path: str):
         raise ConfigError(f"{path}: {err}") from err
 
 
+@reports_user_errors("train")
 def run_train(args: argparse.Namespace) -> int:
-    from raysae.train.ray_setup import SettingsError
+    """Body of ``raysae train``: 0 on success; a user error is one line and exit code 2."""
     from raysae.train.ray_train import train
 
     settings = load_train_settings(args.config)
     if args.address:
         settings.ray.address = args.address
-    try:
-        result = train(settings)
-    except SettingsError as err:
-        print(f"raysae train: {err}", file=sys.stderr)
-        return 2
+    result = train(settings)
     print(f"dictionary: {result.dictionary_path}\ncheckpoint: {result.checkpoint_path}")
     print(f"steps: {result.steps}  tokens: {result.tokens}")
     print(

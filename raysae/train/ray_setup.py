@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from raysae.config.run import AnyTrainSettings
+from raysae.errors import RaysaeError
 
 
-class SettingsError(ValueError):
+class SettingsError(RaysaeError, ValueError):
     """The run cannot work as configured; raised on the driver before any worker starts."""
 
 

@@ -10,11 +10,9 @@ Ray Train, resume from ``ray.train.get_checkpoint()``, and the export of the fin
 
 from __future__ import annotations
 
-import itertools
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from raysae.config.run import (
     AnyTrainSettings,
@@ -34,11 +31,13 @@ from raysae.config.run import (
 from raysae.dictionaries.base import SparseDictionary
 from raysae.dictionaries.io import load_dictionary
 from raysae.dictionaries.registry import build_dictionary
-from raysae.train.dist_checkpoint import DICTIONARY_DIR, load_distributed, read_state, save_distributed
+from raysae.files import replace_dir
+from raysae.train.checkpoint import DICTIONARY_DIR, load_distributed, read_state, save_distributed
 from raysae.train.mesh import MODEL, build_mesh, mesh_dim
 from raysae.train.metrics_sinks import JsonlSink, MetricsSink
 from raysae.train.reporting import RayMetricsSink, WandbSink
 from raysae.train.sharding import distribute_dictionary, gather_dictionary
+from raysae.train.state import TrainState
 from raysae.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -73,11 +72,16 @@ def _gather_model_group(batch: dict[str, torch.Tensor], mesh) -> dict[str, torch
     return out
 
 
-def _all_have_data(has: bool, device: torch.device) -> bool:
-    """True only if every rank has another batch (a MIN all-reduce, so no rank waits alone)."""
-    flag = torch.tensor([1 if has else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+def _while_all_have_data(batches: Iterator[dict], device: torch.device) -> Iterator[dict]:
+    """The batches while every rank still has one (a MIN all-reduce per batch, so all ranks run
+    the same number of steps and no rank waits alone in a collective)."""
+    while True:
+        batch = next(batches, None)
+        flag = torch.tensor([0 if batch is None else 1], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if not flag.item():
+            return
+        yield batch
 
 
 def _batches(shard, hooks: list[str], local_rows: int, mesh, device: torch.device) -> Iterator[dict]:
@@ -85,28 +89,42 @@ def _batches(shard, hooks: list[str], local_rows: int, mesh, device: torch.devic
         yield _gather_model_group({h: b[h].float() for h in hooks}, mesh)
 
 
-def _local_bytes(tensors) -> int:
-    return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
+class RayTrainCheckpointer:
+    """``Checkpointer`` for a Ray Train worker: DCP shards reported with ``ray.train.report``.
 
+    Resumes from ``ray.train.get_checkpoint()``. Every save is a collective (every rank writes its
+    shards to its own temporary folder and reports it; Ray Train merges them). The final save adds
+    the gathered dictionary (``dictionary/``), which the driver exports.
+    """
 
-def local_memory(dictionary: SparseDictionary, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """Bytes of parameters and of optimiser state held by this worker (its shards only)."""
-    states = [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-    return {
-        "memory/param_bytes_per_worker": float(_local_bytes(dictionary.parameters())),
-        "memory/optimizer_bytes_per_worker": float(_local_bytes(states)),
-    }
+    def __init__(self) -> None:
+        import ray.train
 
+        self._checkpoint = ray.train.get_checkpoint()
 
-def _report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-    import ray.train
+    @property
+    def resuming(self) -> bool:
+        return self._checkpoint is not None
 
-    checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    ray.train.report(metrics, checkpoint=checkpoint)
+    def restore(self, dictionary: SparseDictionary, optimizer: torch.optim.Optimizer) -> TrainState:
+        with self._checkpoint.as_directory() as folder:
+            return load_distributed(folder, dictionary, optimizer)
+
+    def save(self, dictionary, optimizer, state, metrics, *, final: bool) -> None:
+        import ray.train
+
+        prefix = "raysae-final-" if final else "raysae-ckpt-"
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            save_distributed(tmp, dictionary, optimizer, state)
+            if final:
+                plain = gather_dictionary(dictionary, rank0_only=True)
+                if plain is not None:
+                    plain.save(Path(tmp) / DICTIONARY_DIR)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def worker_loop(config: dict[str, Any]) -> None:
-    """The per-worker training function run by ``TorchTrainer``."""
+    """The per-worker training function run by ``TorchTrainer``: wires Ray to ``Trainer.fit``."""
     import ray.train
     import ray.train.torch
 
@@ -118,71 +136,25 @@ def worker_loop(config: dict[str, Any]) -> None:
     r, tc = settings.ray, settings.trainer
     mesh = build_mesh(r.data_parallel_size, r.model_parallel_size, device.type)
 
-    dictionary = build_dictionary(settings.dictionary.model_copy(update={"device": str(device)}))
+    dictionary = build_dictionary(settings.dictionary, device=device)
     sinks: list[MetricsSink] = []
     wandb_sink = None
     if rank == 0:
         wandb_sink = WandbSink(settings.wandb, settings.model_dump(mode="json"), settings.output_dir)
         sinks = [RayMetricsSink(settings.run_name, rank), wandb_sink]
-    trainer = Trainer(tc, sinks=sinks, progress=False)
     hooks = list(dict.fromkeys([*dictionary.hooks_in, *dictionary.hooks_out]))
-    data = _batches(ray.train.get_dataset_shard("train"), hooks, tc.batch_size // world, mesh, device)
-
-    checkpoint = ray.train.get_checkpoint()
-    pending: list[dict] = []
-    if checkpoint is None:
-        trainer.setup(dictionary)
-        for b in data:
-            pending.append(b)
-            if len(pending) == tc.initializer.init_batches:
-                break
-        if not _all_have_data(bool(pending), device):
-            raise RuntimeError("no activation rows reached a train worker: the data source is empty")
-        trainer.initialize(pending)  # each rank initialises; distribute_dictionary keeps rank 0's values
-    distribute_dictionary(dictionary, mesh)
-    trainer.setup(dictionary)  # a new optimiser over the DTensor parameters
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer.state = load_distributed(folder, dictionary, trainer.optimizer)
-        for _ in range(trainer.state.step):  # skip what the checkpoint already trained on
-            next(data, None)
-    stream = itertools.chain(pending, data)  # lazily: never materialise the stream
-
-    total, out, metrics = tc.total_steps, None, {}
-    while trainer.state.step < total:
-        t0 = time.perf_counter()
-        batch = next(stream, None)
-        trainer.add_data_wait(time.perf_counter() - t0)
-        if not _all_have_data(batch is not None, device):
-            break
-        out = trainer.step(batch)
-        step = trainer.state.step
-        is_log = step % tc.log_every_steps == 0 or step == total
-        is_ckpt = tc.checkpoint_every_steps is not None and step % tc.checkpoint_every_steps == 0
-        if is_log or is_ckpt:
-            metrics = trainer.metrics(out) | local_memory(dictionary, trainer.optimizer)  # a collective
-            trainer.state.history.append(metrics)
-            for sink in sinks:
-                sink.log(step, metrics)
-        if is_ckpt and step < total:
-            with tempfile.TemporaryDirectory(prefix="raysae-ckpt-") as tmp:
-                save_distributed(tmp, dictionary, trainer.optimizer, trainer.state)
-                _report(metrics, Path(tmp))
-        elif is_log:
-            _report(metrics, None)
-    if out is None and trainer.state.step == 0:
-        raise RuntimeError("training ran no step: the data source yielded fewer rows than one batch")
-    if out is None:  # resumed a run that had already finished: export it again
-        metrics = trainer.state.history[-1] if trainer.state.history else {}
-    elif not metrics or metrics.get("progress/step") != trainer.state.step:
-        metrics = trainer.metrics(out) | local_memory(dictionary, trainer.optimizer)
-        trainer.state.history.append(metrics)
-    with tempfile.TemporaryDirectory(prefix="raysae-final-") as tmp:
-        save_distributed(tmp, dictionary, trainer.optimizer, trainer.state)
-        plain = gather_dictionary(dictionary, rank0_only=True)
-        if plain is not None:
-            plain.save(Path(tmp) / DICTIONARY_DIR)
-        _report(metrics, Path(tmp))
+    local_rows = tc.batch_size // world
+    data = _batches(ray.train.get_dataset_shard("train"), hooks, local_rows, mesh, device)
+    model_dim = mesh_dim(mesh, MODEL)
+    rows_per_step = local_rows * (mesh.size(model_dim) if model_dim is not None else 1)
+    # Each rank initialises from its own rows; distribute_dictionary keeps rank 0's values.
+    Trainer(tc, sinks=sinks, progress=False).fit(
+        dictionary,
+        _while_all_have_data(data, device),
+        checkpointer=RayTrainCheckpointer(),
+        distribute=lambda d: distribute_dictionary(d, mesh),
+        rows_per_step=rows_per_step,
+    )
     if wandb_sink is not None:
         wandb_sink.finish()
 
@@ -192,9 +164,14 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 def train(settings: AnyTrainSettings) -> TrainResult:
     """Run a training job on Ray (joining ``settings.ray.address`` or starting a local cluster)."""
+    from raysae.data.sources import check_source
     from raysae.ray_session import ensure_ray
     from raysae.train.ray_setup import build_trainer, preflight
+    from raysae.train.rerun import check_rerun
 
+    if settings.cache_path is None:
+        check_source(settings.activations.text)  # a bad corpus fails here, in one line
+    check_rerun(settings)  # before Ray starts: resume only the same run
     ensure_ray(settings.ray.address)
     plan = preflight(settings)
     trainer = build_trainer(settings, plan, worker_loop)
@@ -209,8 +186,6 @@ def train(settings: AnyTrainSettings) -> TrainResult:
         tmp = out / f".{DICTIONARY_DIR}.incoming"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(Path(folder) / DICTIONARY_DIR, tmp)
-        from raysae.dictionaries.io import replace_dir
-
         replace_dir(tmp, target)
     metrics_file = out / "metrics.jsonl"
     metrics_file.unlink(missing_ok=True)
@@ -218,6 +193,13 @@ def train(settings: AnyTrainSettings) -> TrainResult:
     for m in state.history:
         sink.log(int(m["progress/step"]), m)
     load_dictionary(target)  # fail here, not later, if the export does not open
+    budget = settings.trainer.total_steps * settings.trainer.batch_size
+    if state.tokens_seen < budget:
+        log.warning(
+            "the activation stream ended after %d of %d training tokens: the dictionary is under-trained",
+            state.tokens_seen,
+            budget,
+        )
     return TrainResult(
         dictionary_path=target,
         checkpoint_path=result.checkpoint.path,

@@ -326,7 +326,7 @@ def gather_dictionary(dictionary: SparseDictionary, rank0_only: bool = False) ->
     if not state:
         return None
     with torch.random.fork_rng(devices=[]):
-        plain = build_dictionary(dictionary.cfg.model_copy(update={"device": "cpu"}))
+        plain = build_dictionary(dictionary.cfg, device="cpu")
     plain.load_state_dict(state)
     plain.cfg = dictionary.cfg
     if hasattr(dictionary.activation, "k"):

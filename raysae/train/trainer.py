@@ -1,29 +1,36 @@
-"""The training step and loop for one process: ``Trainer(cfg).fit(dictionary, batches)``.
+"""The training step and the one training loop: ``Trainer(cfg).fit(dictionary, batches)``.
 
-The same ``Trainer.step`` runs inside every Ray Train worker; there the dictionary's parameters are
-DTensors (``raysae.train.sharding.distribute_dictionary``), each rank passes its own rows, and the
-step uses the sharded loss, reduces gradients over the data dim and reads metrics as global values.
+``fit`` is the only loop, for a single process and for every Ray Train worker alike: it re-cuts the
+incoming rows into ``batch_size``-row steps, initialises from data, builds the optimiser once, runs
+the steps, reports metrics to its sinks and saves through a ``Checkpointer``. A Ray worker only wires
+Ray to it (``raysae.train.ray_train``): its dictionary's parameters are DTensors
+(``distribute`` = ``raysae.train.sharding.distribute_dictionary``), each rank passes its own rows, and
+the step uses the sharded loss, reduces gradients over the data dim and reads metrics as global values.
 """
 
 from __future__ import annotations
 
-import itertools
+import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
+from raysae import metrics as M
 from raysae.config import TrainerConfig
 from raysae.dictionaries.base import Batch, LossOutput, SparseDictionary
 from raysae.dictionaries.init import initialize_from_data
-from raysae.train.checkpoint import load_trainer_checkpoint, save_trainer_checkpoint
+from raysae.errors import RaysaeError
+from raysae.train.checkpoint import Checkpointer, LocalCheckpointer
 from raysae.train.metrics_sinks import MetricsSink
+from raysae.train.rows import StepBatches
 from raysae.train.schedules import TrainingSchedules
 from raysae.train.sharding import (
     clip_grad_norm_,
@@ -32,106 +39,115 @@ from raysae.train.sharding import (
     reduce_gradients_,
     to_full,
 )
+from raysae.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDataError(RaysaeError, RuntimeError):
+    """The batch stream gave no rows to train on (an empty source, or fewer rows than one step)."""
+
+
+class ShortStreamWarning(UserWarning):
+    """The batch stream ended before ``total_training_tokens`` were trained on."""
 
 
 @dataclass
-class TrainState:
-    """What, besides parameters and optimiser, a resumed run must restore."""
+class _Run:
+    """What ``setup`` binds: present together or not at all."""
 
-    step: int = 0
-    tokens_seen: int = 0
-    tokens_since_fired: Tensor | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def to_blob(self) -> dict[str, Any]:
-        """Plain, CPU-only contents for ``torch.save``."""
-        tsf = self.tokens_since_fired
-        return {
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "tokens_since_fired": tsf.cpu() if tsf is not None else None,
-            "history": self.history,
-        }
-
-    @classmethod
-    def from_blob(cls, blob: dict[str, Any], device: torch.device | str = "cpu") -> TrainState:
-        """The inverse of ``to_blob`` (extra keys, such as an optimiser state, are ignored)."""
-        tsf = blob["tokens_since_fired"]
-        return cls(
-            blob["step"], blob["tokens_seen"], tsf.to(device) if tsf is not None else None, blob["history"]
-        )
+    dictionary: SparseDictionary
+    optimizer: torch.optim.Adam
+    schedules: TrainingSchedules
+    state: TrainState
+    window_fired: Tensor
 
 
 class Trainer:
     """Adam with lr warmup/decay, sparsity warmup, k annealing, clipping and decoder-norm handling."""
 
-    def __init__(
-        self,
-        cfg: TrainerConfig,
-        sinks: Sequence[MetricsSink] = (),
-        progress: bool = True,
-    ):
+    def __init__(self, cfg: TrainerConfig, sinks: Sequence[MetricsSink] = (), progress: bool = True):
         self.cfg = cfg
         self.sinks = list(sinks)
         self.progress = progress
-        self.dictionary: SparseDictionary | None = None
-        self.optimizer: torch.optim.Adam | None = None
-        self.state = TrainState()
-        self._window_fired: Tensor | None = None
+        self._run: _Run | None = None
         self._window_tokens = 0
         self._data_wait = 0.0
         self._window_start = time.perf_counter()
 
     # ---- set-up ---------------------------------------------------------------------------------
+    @property
+    def run(self) -> _Run:
+        if self._run is None:
+            raise RuntimeError("the trainer has no dictionary yet: call setup() or fit() first")
+        return self._run
+
+    @property
+    def dictionary(self) -> SparseDictionary:
+        return self.run.dictionary
+
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        return self.run.optimizer
+
+    @property
+    def state(self) -> TrainState:
+        return self.run.state
+
+    @state.setter
+    def state(self, value: TrainState) -> None:
+        self.run.state = value
+
+    def initialize(self, dictionary: SparseDictionary, batches: Sequence[Batch]) -> None:
+        """Data-dependent initialisation (norm scaling, decoder norm, b_dec) from the first batches;
+        before ``setup``, since it changes parameters the optimiser then takes over."""
+        initialize_from_data(dictionary, batches, self.cfg.initializer)
+        if self.cfg.decoder_norm_mode != "free":
+            dictionary.set_decoder_norm_(1.0)
+            if self.cfg.initializer.encoder_as_decoder_transpose:
+                dictionary.tie_encoder_to_decoder_()
+
     def setup(self, dictionary: SparseDictionary) -> None:
-        """Bind the dictionary and create optimiser, schedules and dead-latent counters."""
-        self.dictionary = dictionary
-        self.optimizer = torch.optim.Adam(
-            dictionary.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps
-        )
+        """Bind the (initialised, possibly distributed) dictionary; build optimiser, schedules and
+        dead-latent counters. Called once per run."""
         cfg = dictionary.cfg
         top_k = cfg.top_k if cfg.act_fn in ("topk", "batchtopk") else None
-        self.schedules = TrainingSchedules.from_config(
-            self.cfg, cfg.sparsity_coefficient, top_k, dictionary.d_sae
-        )
         device = dictionary.input_scale.device
-        self.state = TrainState(
-            tokens_since_fired=torch.zeros(dictionary.latent_shape, dtype=torch.long, device=device)
+        optimizer = torch.optim.Adam(
+            dictionary.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.adam_eps
         )
-        self._window_fired = torch.zeros(dictionary.latent_shape, dtype=torch.long, device=device)
-
-    def initialize(self, batches: Sequence[Batch]) -> None:
-        """Data-dependent initialisation (norm scaling, decoder norm, b_dec) from the first batches."""
-        assert self.dictionary is not None, "call setup() first"
-        initialize_from_data(self.dictionary, batches, self.cfg.initializer)
-        if self.cfg.decoder_norm_mode != "free":
-            self.dictionary.set_decoder_norm_(1.0)
-            if self.cfg.initializer.encoder_as_decoder_transpose:
-                self.dictionary.tie_encoder_to_decoder_()
+        self._run = _Run(
+            dictionary=dictionary,
+            optimizer=optimizer,
+            schedules=TrainingSchedules.from_config(
+                self.cfg, cfg.sparsity_coefficient, top_k, dictionary.d_sae
+            ),
+            state=TrainState.fresh(dictionary.latent_shape, device),
+            window_fired=torch.zeros(dictionary.latent_shape, dtype=torch.long, device=device),
+        )
 
     # ---- one step -------------------------------------------------------------------------------
     def step(self, batch: Batch) -> LossOutput:
         """One optimiser step on ``batch``; returns the loss output (before the update)."""
-        assert self.dictionary is not None and self.optimizer is not None, "call setup() first"
-        d, st, cfg = self.dictionary, self.state, self.cfg
+        run, cfg = self.run, self.cfg
+        d, st = run.dictionary, run.state
         d.train()
-        lr = self.schedules.lr(st.step)
-        for group in self.optimizer.param_groups:
+        lr = run.schedules.lr(st.step)
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        if self.schedules.k is not None:
-            d.activation.k = round(self.schedules.k(st.step))  # type: ignore[union-attr]
-        assert st.tokens_since_fired is not None
+        if run.schedules.k is not None:
+            d.activation.k = round(run.schedules.k(st.step))  # type: ignore[union-attr]
         dead_mask = st.tokens_since_fired >= cfg.dead_after_tokens
         sharded = is_distributed(d)
         loss_fn = partial(compute_sharded_loss, d) if sharded else d.compute_loss
         out = loss_fn(
             batch,
-            sparsity_coefficient=self.schedules.sparsity(st.step),
+            sparsity_coefficient=run.schedules.sparsity(st.step),
             dead_mask=dead_mask,
             aux_k=cfg.aux_k,
             aux_k_coefficient=cfg.aux_k_coefficient,
         )
-        self.optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if sharded:
             reduce_gradients_(d)
@@ -139,7 +155,7 @@ class Trainer:
             d.project_decoder_grad_()
         if cfg.grad_clip_norm is not None:
             out.parts["grad_norm"] = torch.tensor(clip_grad_norm_(d, cfg.grad_clip_norm))
-        self.optimizer.step()
+        run.optimizer.step()
         if cfg.decoder_norm_mode != "free":
             d.set_decoder_norm_(1.0)
         self._track_firing(out.feature_acts)
@@ -149,14 +165,16 @@ class Trainer:
     @torch.no_grad()
     def _track_firing(self, z: Tensor | None) -> None:
         """Update tokens-since-fired from the global batch (every rank's rows, every latent)."""
-        assert z is not None and self.state.tokens_since_fired is not None and self._window_fired is not None
-        fired_count = to_full((z != 0).long().sum(0)).to(self.state.tokens_since_fired.device)
+        if z is None:
+            raise RuntimeError("the dictionary's loss returned no feature activations")
+        run = self.run
+        tsf = run.state.tokens_since_fired
+        fired_count = to_full(M.firing_counts(z)).to(tsf.device)
         n_tokens = int(z.shape[0])  # a DTensor reports its global row count
-        tsf = self.state.tokens_since_fired
         tsf.add_(n_tokens).masked_fill_(fired_count > 0, 0)
-        self._window_fired += fired_count
+        run.window_fired += fired_count
         self._window_tokens += n_tokens
-        self.state.tokens_seen += n_tokens
+        run.state.tokens_seen += n_tokens
 
     def add_data_wait(self, seconds: float) -> None:
         """Account time spent waiting for the next batch (reported as perf/data_wait_fraction)."""
@@ -165,91 +183,119 @@ class Trainer:
     # ---- metrics --------------------------------------------------------------------------------
     @torch.no_grad()
     def metrics(self, out: LossOutput) -> dict[str, float]:
-        """Metrics of the last batch plus window statistics since the previous report."""
-        from raysae import metrics as M
-
-        st = self.state
+        """Metrics of the last batch plus window statistics since the previous report (a collective
+        when the dictionary is distributed: call on every rank)."""
+        run = self.run
+        st, sched = run.state, run.schedules
         now = time.perf_counter()
         elapsed = max(now - self._window_start, 1e-9)  # since the last report: reporting time included
-        assert out.label is not None and out.reconstruction is not None and out.feature_acts is not None
-        assert st.tokens_since_fired is not None and self._window_fired is not None
+        if out.label is None or out.reconstruction is None or out.feature_acts is None:
+            raise RuntimeError("the loss output lacks label, reconstruction or feature activations")
         label, recon, z = (to_full(t.detach()) for t in (out.label, out.reconstruction, out.feature_acts))
         m: dict[str, float] = {f"loss/{k}": float(to_full(v)) for k, v in out.parts.items()}
         m["loss/total"] = float(to_full(out.loss.detach()))
         m["metrics/mse"] = float(M.mse(label, recon))
         m["metrics/explained_variance"] = float(M.explained_variance(label, recon))
         m["metrics/l0"] = float(M.l0(z).mean())
-        m["metrics/dead_fraction"] = float(
-            (st.tokens_since_fired >= self.cfg.dead_after_tokens).double().mean()
-        )
+        # dead: no firing within the last dead_after_tokens tokens (a zero "recently fired" count)
+        recent = (st.tokens_since_fired < self.cfg.dead_after_tokens).long()
+        m["metrics/dead_fraction"] = M.dead_fraction(recent)
         m["metrics/dense_fraction"] = M.dense_fraction(
-            self._window_fired, self._window_tokens, self.cfg.dense_threshold
+            run.window_fired, self._window_tokens, self.cfg.dense_threshold
         )
-        m["schedule/lr"] = self.schedules.lr(st.step - 1)
-        m["schedule/sparsity_coefficient"] = self.schedules.sparsity(st.step - 1)
-        if self.schedules.k is not None:
-            m["schedule/k"] = float(round(self.schedules.k(st.step - 1)))
+        m["schedule/lr"] = sched.lr(st.step - 1)
+        m["schedule/sparsity_coefficient"] = sched.sparsity(st.step - 1)
+        if sched.k is not None:
+            m["schedule/k"] = float(round(sched.k(st.step - 1)))
         m["perf/tokens_per_s"] = self._window_tokens / elapsed
         m["perf/data_wait_fraction"] = self._data_wait / elapsed
         m["progress/step"] = float(st.step)
         m["progress/tokens"] = float(st.tokens_seen)
-        self._window_fired.zero_()
+        m |= local_memory(run.dictionary, run.optimizer)
+        run.window_fired.zero_()
         self._window_tokens, self._data_wait, self._window_start = 0, 0.0, now
         return m
 
-    # ---- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, path: str | Path) -> Path:
-        assert self.dictionary is not None and self.optimizer is not None
-        return save_trainer_checkpoint(path, self.dictionary, self.optimizer, self.state)
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        assert self.dictionary is not None and self.optimizer is not None
-        self.state = load_trainer_checkpoint(path, self.dictionary, self.optimizer)
-
     # ---- the loop -------------------------------------------------------------------------------
     def fit(
-        self, dictionary: SparseDictionary, batches: Iterable[Batch], resume_from: str | Path | None = None
+        self,
+        dictionary: SparseDictionary,
+        batches: Iterable[Batch],
+        resume_from: str | None = None,
+        *,
+        checkpointer: Checkpointer | None = None,
+        distribute: Callable[[SparseDictionary], Any] | None = None,
+        rows_per_step: int | None = None,
     ) -> SparseDictionary:
-        """Train ``dictionary`` in place on ``batches`` for ``cfg.total_steps`` steps.
+        """Train ``dictionary`` in place for ``total_training_tokens`` in ``batch_size``-row steps.
 
-        ``resume_from`` continues a run from a checkpoint folder: the first ``step`` batches of
-        ``batches`` are skipped, so the same deterministic batch stream gives the same result as a
-        run that never stopped."""
+        ``batches`` may come in any size (tensors or ``{hook: tensor}``): rows are re-cut into steps
+        of ``rows_per_step`` rows (default ``batch_size``; a data-parallel rank passes its share).
+        ``checkpointer`` defaults to a ``LocalCheckpointer`` on ``cfg.checkpoint_dir`` resuming from
+        ``resume_from``; a resumed run skips the rows its checkpoint already trained on, so the same
+        deterministic stream gives the same result as a run that never stopped. ``distribute`` is
+        applied after data initialisation and before the optimiser is built (DTensor sharding).
+        A stream that ends early stops the run with a ``ShortStreamWarning``; one without a single
+        step's rows raises ``TrainingDataError``.
+        """
+        cfg = self.cfg
+        ckpt = checkpointer or LocalCheckpointer(cfg.checkpoint_dir, resume_from)
+        steps = StepBatches(batches, rows_per_step or cfg.batch_size)
+        if not ckpt.resuming:
+            first = steps.take(cfg.initializer.init_batches)
+            if not first:
+                raise TrainingDataError(
+                    f"the batch stream gave fewer than {steps.rows} rows, not one training step"
+                )
+            self.initialize(dictionary, first)
+        if distribute is not None:
+            distribute(dictionary)
         self.setup(dictionary)
-        it: Iterator[Batch] = iter(batches)
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
-            it = itertools.islice(it, self.state.step, None)
-        else:
-            first = list(itertools.islice(it, self.cfg.initializer.init_batches))
-            self.initialize(first)
-            it = itertools.chain(first, it)
-        total = self.cfg.total_steps
-        bar = tqdm(
-            total=total, initial=self.state.step, disable=not self.progress, unit="step", dynamic_ncols=True
-        )
-        out = None
+        if ckpt.resuming:
+            self.state = ckpt.restore(dictionary, self.optimizer)
+            steps.skip(self.state.step)
+        self._window_start = time.perf_counter()
+        self._loop(steps, ckpt)
+        return dictionary
+
+    def _loop(self, steps: StepBatches, ckpt: Checkpointer) -> None:
+        cfg, st = self.cfg, self.state
+        total, every = cfg.total_steps, cfg.checkpoint_every_steps
+        bar = tqdm(total=total, initial=st.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        out, metrics = None, st.history[-1] if st.history else {}
+        ran_out = False
         try:
-            while self.state.step < total:
+            while st.step < total:
                 t0 = time.perf_counter()
-                batch = next(it, None)
+                batch = steps.next()
                 self.add_data_wait(time.perf_counter() - t0)
                 if batch is None:
+                    ran_out = True
                     break
                 out = self.step(batch)
                 bar.update(1)
-                if self.state.step % self.cfg.log_every_steps == 0 or self.state.step == total:
-                    self._report(self.metrics(out), bar)
-                every = self.cfg.checkpoint_every_steps
-                if self.cfg.checkpoint_dir and every and self.state.step % every == 0:
-                    self.save_checkpoint(Path(self.cfg.checkpoint_dir) / f"step_{self.state.step:08d}")
+                is_ckpt = every is not None and st.step % every == 0 and st.step < total
+                if st.step % cfg.log_every_steps == 0 or st.step == total or is_ckpt:
+                    metrics = self._report(out, bar)
+                if is_ckpt:
+                    ckpt.save(self.dictionary, self.optimizer, st, metrics, final=False)
         finally:
             bar.close()
-        if self.cfg.checkpoint_dir and out is not None:
-            self.save_checkpoint(Path(self.cfg.checkpoint_dir) / "final")
-        return dictionary
+        if out is not None and metrics.get("progress/step") != st.step:
+            metrics = self._report(out, bar)
+        if ran_out:
+            message = (
+                f"the batch stream ended after {st.tokens_seen:,} of {cfg.total_training_tokens:,} "
+                f"training tokens ({st.step} of {total} steps); the dictionary is under-trained"
+            )
+            log.warning(message)
+            warnings.warn(message, ShortStreamWarning, stacklevel=3)
+        if st.step == 0:
+            raise TrainingDataError("training ran no step: the batch stream gave fewer rows than one step")
+        ckpt.save(self.dictionary, self.optimizer, st, metrics, final=True)
 
-    def _report(self, metrics: dict[str, float], bar: Any) -> None:
+    def _report(self, out: LossOutput, bar: Any) -> dict[str, float]:
+        metrics = self.metrics(out)
         self.state.history.append(metrics)
         bar.set_postfix(
             mse=f"{metrics['metrics/mse']:.4g}",
@@ -259,3 +305,17 @@ class Trainer:
         )
         for sink in self.sinks:
             sink.log(self.state.step, metrics)
+        return metrics
+
+
+def _local_bytes(tensors: Iterable[Tensor]) -> int:
+    return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors)
+
+
+def local_memory(dictionary: SparseDictionary, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Bytes of parameters and of optimiser state held by this process (its shards only)."""
+    states = [v for st in optimizer.state.values() for v in st.values() if isinstance(v, Tensor)]
+    return {
+        "memory/param_bytes_per_worker": float(_local_bytes(dictionary.parameters())),
+        "memory/optimizer_bytes_per_worker": float(_local_bytes(states)),
+    }

@@ -240,7 +240,7 @@ def test_cli_reports_a_bad_checkpoint(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     commands.add_parser(parser.add_subparsers())
     args = parser.parse_args(["analyze", str(tmp_path / "missing"), "--local"])
-    assert args.func(args) == 1
+    assert args.func(args) == 2  # EXIT_USER_ERROR
     assert "config.json: missing" in capsys.readouterr().err
 
 
@@ -256,7 +256,7 @@ def test_a_dictionary_of_another_width_fails_cleanly_and_is_recorded(mstore, tmp
     commands.add_parser(parser.add_subparsers())
     store_args = ["--mongo-uri", mstore.uri, "--mongo-db", mstore.db_name]
     args = parser.parse_args(["analyze", str(path), "--local", "--no-progress", *store_args])
-    assert args.func(args) == 1
+    assert args.func(args) == 2
     assert "d_model=64" in capsys.readouterr().err
     (record,) = list(mstore.db["analyses"].find({"dictionary_id": "narrow"}))
     assert record["status"] == "failed" and "d_model=64" in record["error"]

@@ -52,10 +52,10 @@ def test_local_cache_run(tmp_path, capsys):
 def test_errors_are_one_message(tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", tmp_path / "out", hooks=["blocks.0.resid"])
     args = parse(["cache", str(cfg), "--local"])
-    assert args.func(args) == 1
+    assert args.func(args) == 2  # EXIT_USER_ERROR: one code for user errors in every command
     err = capsys.readouterr().err
     assert err.startswith("raysae cache: error: invalid configuration")
     assert "c.yaml: activations.hooks" in err and "unknown hook point" in err
     args = parse(["cache", str(tmp_path / "missing.yaml")])
-    assert args.func(args) == 1
+    assert args.func(args) == 2
     assert "no such config file" in capsys.readouterr().err

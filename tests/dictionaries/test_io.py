@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from raysae.dictionaries import DictionaryFormatError, SparseDictionary, build_dictionary, load_dictionary
-from raysae.dictionaries.io import CONFIG_FILE, WEIGHTS_FILE, save_dictionary
+from raysae.dictionaries.io import CHECKSUMS_KEY, CONFIG_FILE, WEIGHTS_FILE, save_dictionary
 
 B, D, S, G = 5, 6, 10, 3
 ARCH_HOOKS = {
@@ -93,7 +93,7 @@ def test_metadata_overwrite_and_device(tmp_path: Path) -> None:
     other.save(path)  # replaces the old folder, leaves nothing else behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
     loaded = load_dictionary(path, device="cpu")
-    assert loaded.cfg.architecture == "crosscoder" and loaded.cfg.device == "cpu"
+    assert loaded.cfg.architecture == "crosscoder" and loaded.input_scale.device == torch.device("cpu")
 
 
 @pytest.fixture
@@ -173,3 +173,34 @@ def test_config_json_not_an_object(saved: Path) -> None:
     (saved / CONFIG_FILE).write_text("[1, 2]")
     with pytest.raises(DictionaryFormatError, match=CONFIG_FILE):
         load_dictionary(saved)
+
+
+def test_flipped_weight_bytes_fail_the_checksum(saved: Path) -> None:
+    weights = saved / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # a tensor byte: safetensors itself still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DictionaryFormatError, match=r"model\.safetensors: sha256 .* differs"):
+        load_dictionary(saved)
+
+
+def test_edited_settings_fail_the_checksum(saved: Path) -> None:
+    cfg_file = saved / CONFIG_FILE
+    data = json.loads(cfg_file.read_text())
+    data["sparsity_coefficient"] = float(data.get("sparsity_coefficient", 1.0)) + 1.0
+    cfg_file.write_text(json.dumps(data))
+    with pytest.raises(DictionaryFormatError, match=r"config\.json: sha256 .* differs"):
+        load_dictionary(saved)
+
+
+def test_a_folder_saved_before_checksums_with_a_device_key_still_loads(saved: Path) -> None:
+    """Folders written before checksums (and with the retired ``device`` setting) open as before."""
+    before = load_dictionary(saved)
+    cfg_file = saved / CONFIG_FILE
+    data = json.loads(cfg_file.read_text())
+    data.pop(CHECKSUMS_KEY)
+    data["device"] = "cpu"
+    cfg_file.write_text(json.dumps(data))
+    after = load_dictionary(saved)
+    assert after.cfg == before.cfg
+    assert_same_state(before, after)

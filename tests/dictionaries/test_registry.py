@@ -129,3 +129,19 @@ def test_valid_yaml_and_unparsable_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "d_model: [1,\n", "bad.yaml"), SAEConfig)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "absent.yaml", SAEConfig)
+
+
+def test_bare_register_files_a_class_under_its_architecture_and_aliases() -> None:
+    from raysae.dictionaries import registry
+
+    class Renamed(SparseAutoencoder):
+        architecture = "renamed_sae_for_test"
+        aliases = ("renamed_alias_for_test",)
+
+    try:
+        assert register(Renamed) is Renamed
+        assert get_architecture("renamed_sae_for_test") is Renamed
+        assert get_architecture("renamed_alias_for_test") is Renamed
+    finally:
+        for name in ("renamed_sae_for_test", "renamed_alias_for_test"):
+            registry._REGISTRY.pop(name, None)

@@ -77,9 +77,9 @@ def test_clean_loss_matches_the_model_and_random_sae_is_worse(lm):
 
 
 def test_clt_is_evaluated_per_layer(lm):
+    from raysae import metrics as M
     from raysae.config import CLTConfig
     from raysae.data.extract import ActivationSource
-    from raysae import metrics as M
 
     ins, outs = (
         ["blocks.0.hook_mlp_in", "blocks.1.hook_mlp_in"],

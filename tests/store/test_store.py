@@ -12,6 +12,7 @@ import pytest
 from raysae.config.store import StoreConfig
 from raysae.store import DocumentTooLargeError, Store, StoreUnavailableError, find_free_port, local_uri
 from raysae.store.documents import SPILL_KEY
+from raysae.store.models import DictionaryDoc, Example, ExplanationDoc, FeatureDoc, ScoreDoc
 
 HOOK = "blocks.3.hook_resid_post"
 
@@ -253,3 +254,45 @@ def test_env_configures_from_config(store, monkeypatch):
     with Store.from_config(StoreConfig()) as other:
         assert (other.uri, other.db_name) == (store.uri, store.db_name)
         assert other.ping() >= 0 and [d["dictionary_id"] for d in other.list_dictionaries()] == ["d1"]
+
+
+def test_delete_stale_features_removes_documents_and_blobs(store):
+    store.config.max_document_bytes = 4096
+    examples = [{"tokens": list(range(64)), "acts": [0.5] * 64} for _ in range(20)]
+    store.upsert_features("d1", HOOK, [{"index": i, "top_examples": examples} for i in range(4)])
+    store.upsert_features("d1", "blocks.9.hook_resid_post", [{"index": 0}])
+    store.upsert_features("d2", HOOK, [{"index": 3, "top_examples": examples}])
+    assert store.db["blobs.files"].count_documents({}) == 5
+    assert store.delete_stale_features("d1", [HOOK], 2) == 3  # indices 2, 3 and the other hook
+    assert [
+        d["index"] for d in store.page_features("d1", None, sort_by="index", descending=False, limit=10)
+    ] == [0, 1]
+    assert store.db["blobs.files"].count_documents({}) == 3  # d1's 0, 1 and d2's 3
+    assert store.get_feature("d1", HOOK, 1)["top_examples"] == examples
+    assert store.count_features("d2") == 1 and store.delete_stale_features("d1", [HOOK], 2) == 0
+    with pytest.raises(ValueError):
+        store.delete_stale_features("d1", HOOK, 2)
+
+
+def test_upserts_take_models(store):
+    doc = FeatureDoc(
+        hook=HOOK, index=2, frequency=0.5, top_examples=[Example(tokens=["a"], activations=[1.0])]
+    )
+    assert store.upsert_features("d1", HOOK, [doc]) == 1
+    got = _strip([store.get_feature("d1", HOOK, 2)])[0]
+    assert got == {
+        "dictionary_id": "d1", "hook": HOOK, "index": 2, "frequency": 0.5,
+        "top_examples": [{"tokens": ["a"], "activations": [1.0]}],
+    }  # fmt: skip
+    assert FeatureDoc.model_validate(got).top_examples[0].tokens == ["a"]
+    store.upsert_dictionary("d1", DictionaryDoc(d_sae=8, layers=None))
+    assert _strip([store.get_dictionary("d1")]) == [{"dictionary_id": "d1", "d_sae": 8, "layers": None}]
+    store.upsert_explanations("d1", HOOK, [ExplanationDoc(index=2, explainer="e", explanation="cats")])
+    store.upsert_scores("d1", HOOK, [ScoreDoc(index=2, explainer="e", scorer="s", score=0.5)])
+    assert store.get_scores("d1", HOOK, 2)[0]["score"] == 0.5
+    with pytest.raises(ValueError, match="FeatureDoc"):
+        store.upsert_features("d1", HOOK, [ScoreDoc(index=2, explainer="e", scorer="s", score=0.5)])
+    with pytest.raises(ValueError, match="another"):
+        store.upsert_features("d1", HOOK, [FeatureDoc(hook="another", index=1)])
+    with pytest.raises(ValueError, match="score must be a number"):
+        store.upsert_scores("d1", HOOK, [{"index": 1, "explainer": "e", "scorer": "s", "score": True}])

@@ -9,6 +9,7 @@ from raysae.config import SAEConfig, TrainerConfig
 from raysae.dictionaries import build_dictionary, load_dictionary
 from raysae.synthetic import SparseGroundTruth
 from raysae.train import Trainer
+from raysae.train.trainer import ShortStreamWarning, TrainingDataError
 
 
 @pytest.fixture(autouse=True)
@@ -111,8 +112,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, act_fn):
         TrainerConfig(**kw, checkpoint_every_steps=25, checkpoint_dir=str(ckpt_dir)), progress=False
     )
     stopped = iter(gt.batches(64, 60))
-    first.setup(build_dictionary(sae_cfg))
-    first.fit(first.dictionary, (next(stopped) for _ in range(30)))  # "killed" after 30 batches
+    with pytest.warns(ShortStreamWarning, match="ended after 1,920 of 3,840"):
+        first.fit(build_dictionary(sae_cfg), (next(stopped) for _ in range(30)))  # "killed" after 30 batches
     assert (ckpt_dir / "step_00000025").is_dir()
 
     resumed = Trainer(TrainerConfig(**kw), progress=False)
@@ -148,3 +149,74 @@ def test_transcoder_trains_on_dict_batches():
     hist = trainer.state.history
     assert hist[-1]["metrics/mse"] < 0.5 * hist[0]["metrics/mse"]
     assert hist[-1]["metrics/explained_variance"] > 0.5
+
+
+@pytest.mark.parametrize("incoming", [64, 1000], ids=["smaller-batches", "larger-uneven-batches"])
+def test_budget_and_batch_size_hold_for_any_incoming_batch_size(incoming):
+    """The defect: one incoming batch per step trained a quarter of the data on 4x smaller batches."""
+    gt = SparseGroundTruth(d_model=64, n_features=256, active_per_sample=4)
+    steps, batch_size = 1000, 256
+    seen: list[int] = []
+
+    trainer = Trainer(
+        TrainerConfig(
+            lr=3e-3,
+            batch_size=batch_size,
+            total_training_tokens=batch_size * steps,
+            log_every_steps=250,
+            lr_warmup_steps=50,
+            dead_after_tokens=20_000,
+        ),
+        progress=False,
+    )
+    dictionary = build_dictionary(SAEConfig(d_model=64, d_sae=512, act_fn="topk", top_k=4))
+    real_step = trainer.step
+    trainer.step = lambda b: (seen.append(len(b)), real_step(b))[1]  # type: ignore[method-assign]
+    n_incoming = -(-batch_size * steps // incoming) + 3  # a little more than the budget
+    trainer.fit(dictionary, gt.batches(incoming, n_incoming))
+    assert trainer.state.step == steps
+    assert trainer.state.tokens_seen == batch_size * steps
+    assert set(seen) == {batch_size}
+    recovery = gt.recovery(trainer.dictionary.W_dec.detach())
+    assert (recovery >= 0.9).float().mean() >= 0.9, f"recovered only {(recovery >= 0.9).float().mean():.2f}"
+
+
+def test_mapping_batches_are_recut_per_hook_in_step():
+    x = torch.randn(700, 8, dtype=torch.float64)
+    y = 2 * x
+    cfg = SAEConfig(
+        architecture="transcoder", d_model=8, d_sae=16, act_fn="topk", top_k=2,
+        hook_point_in="a", hook_point_out="b", dtype="float64",
+    )  # fmt: skip
+    trainer = Trainer(TrainerConfig(batch_size=100, total_training_tokens=600), progress=False)
+    seen: list[dict] = []
+    real_step = trainer.step
+    trainer.step = lambda b: (seen.append(b), real_step(b))[1]  # type: ignore[method-assign]
+    chunks = [{"a": x[i : i + 70], "b": y[i : i + 70]} for i in range(0, 700, 70)]
+    trainer.fit(build_dictionary(cfg), chunks)
+    assert len(seen) == 6
+    for i, b in enumerate(seen):  # rows stay paired across hooks and in stream order
+        torch.testing.assert_close(b["a"], x[100 * i : 100 * (i + 1)], rtol=0, atol=0)
+        torch.testing.assert_close(b["b"], y[100 * i : 100 * (i + 1)], rtol=0, atol=0)
+
+
+def test_a_stream_shorter_than_the_budget_warns_and_saves_what_it_trained(tmp_path):
+    trainer = Trainer(
+        TrainerConfig(batch_size=32, total_training_tokens=32 * 10, checkpoint_dir=str(tmp_path)),
+        progress=False,
+    )
+    sae = build_dictionary(SAEConfig(d_model=8, d_sae=16, act_fn="topk", top_k=2))
+    with pytest.warns(ShortStreamWarning, match=r"ended after 96 of 320 training tokens \(3 of 10 steps\)"):
+        trainer.fit(sae, (torch.randn(48, 8) for _ in range(2)))  # 96 rows: 3 steps, no remainder
+    assert trainer.state.step == 3
+    assert trainer.state.history[-1]["progress/step"] == 3
+    assert (tmp_path / "final").is_dir()
+
+
+def test_a_stream_without_one_step_of_rows_is_a_clear_error():
+    trainer = Trainer(TrainerConfig(batch_size=32, total_training_tokens=320), progress=False)
+    sae = build_dictionary(SAEConfig(d_model=8, d_sae=16, act_fn="topk", top_k=2))
+    with pytest.raises(TrainingDataError, match="fewer than 32 rows"):
+        trainer.fit(sae, [torch.randn(20, 8)])
+    with pytest.raises(TrainingDataError):
+        Trainer(TrainerConfig(batch_size=32, total_training_tokens=320), progress=False).fit(sae, [])
