@@ -64,3 +64,37 @@ def test_unknown_top_level_key_in_a_cache_file_is_an_error(tmp_path, capsys):
     cfg.write_text(json.dumps({"activatons": {"hooks": ["blocks.1.hook_resid_post"]}}))
     assert main(["cache", str(cfg), "--local"]) == EXIT_USER_ERROR
     assert "'activatons'" in _one_line_error(capsys, "cache")
+
+
+def test_a_shared_analysis_file_is_validated_whole(tmp_path, capsys):
+    path = build_dictionary(SAEConfig(d_model=576, d_sae=64, top_k=4)).save(tmp_path / "d")
+    cfg = tmp_path / "a.json"
+    cfg.write_text(json.dumps({"analysis": {}, "trainer": {"lr": -1}}))
+    assert main(["analyze", str(path), "--config", str(cfg), "--local"]) == EXIT_USER_ERROR
+    assert "trainer" in _one_line_error(capsys, "analyze")
+    cfg.write_text(json.dumps({"analysis": {}, "activatons": {}}))
+    assert main(["analyze", str(path), "--config", str(cfg), "--local"]) == EXIT_USER_ERROR
+    assert "'activatons'" in _one_line_error(capsys, "analyze")
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(None, "no files match"), (b"\x00\x01\x02binary\xff\xfe", "a binary file, not UTF-8 text")],
+    ids=["empty-folder", "binary-file"],
+)
+def test_train_on_a_bad_corpus_fails_in_the_driver_in_one_line(tmp_path, capsys, content, says):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if content is not None:
+        (corpus / "a.txt").write_bytes(content)
+    cfg = tmp_path / "t.json"
+    settings = {
+        "sae": {"d_model": 576, "d_sae": 64, "top_k": 4, "hook_point_in": "blocks.1.hook_resid_post"},
+        "activations": {"text": {"kind": "text", "path": str(corpus)}},
+        "output_dir": str(tmp_path / "run"),
+    }
+    cfg.write_text(json.dumps(settings))
+    assert main(["train", str(cfg)]) == EXIT_USER_ERROR
+    err = _one_line_error(capsys, "train")
+    assert str(corpus) in err and says in err
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from raysae.commandline import reports_user_errors
 from raysae.config.analysis import AnalysisConfig
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
+from raysae.config.run import check_other_sections
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def load_analysis_config(path: str | None, args: argparse.Namespace | None = None) -> AnalysisConfig:
     """Settings from ``path`` (whole file or its ``analysis`` section) with command-line overrides."""
     data = read_config_file(path) if path else {}
-    if "analysis" in data:
+    if "analysis" in data:  # a shared file: the other sections must be known and valid
+        check_other_sections(data, str(path), ("analysis",))
         data = data["analysis"]
     if args is not None:
         for key, value in (("dictionary_id", args.dictionary_id), ("analysis_id", args.analysis_id)):

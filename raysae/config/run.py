@@ -129,3 +129,41 @@ def train_settings_from_dict(data: dict) -> AnyTrainSettings:
         )
     cls = {"sae": TrainSAESettings, "clt": TrainCLTSettings, "crosscoder": TrainCrossCoderSettings}[keys[0]]
     return cls.model_validate(data)
+
+
+def shared_sections() -> dict[str, object]:
+    """Top-level sections one settings file may hold for several commands, and their types: the
+    training settings (all three dictionary kinds), ``cache`` and ``analysis``.
+
+    ``raysae cache`` and ``raysae analyze`` read their own sections of a file that may also configure
+    training; the other sections are validated as their command would, and any other key is an error.
+    """
+    from raysae.config.analysis import AnalysisConfig
+    from raysae.config.data import CacheConfig
+
+    out: dict[str, object] = {"cache": CacheConfig, "analysis": AnalysisConfig}
+    for cls in (TrainSAESettings, TrainCLTSettings, TrainCrossCoderSettings):
+        for name, field in cls.model_fields.items():
+            out.setdefault(name, field.annotation)
+    return out
+
+
+def check_other_sections(data: dict, path: str, own: tuple[str, ...]) -> None:
+    """Validate the sections of ``data`` outside ``own`` (see ``shared_sections``); ``ConfigError``
+    names an unknown key or the field of a bad value."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from raysae.config.base import ConfigError, format_validation_error
+
+    others = {k: v for k, v in shared_sections().items() if k not in own}
+    unknown = [k for k in data if k not in own and k not in others]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; this file holds "
+            f"{', '.join(own)}, and may hold the sections of other commands ({', '.join(sorted(others))})"
+        )
+    for key in (k for k in data if k in others):
+        try:
+            TypeAdapter(others[key]).validate_python(data[key])
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, f"{path}: {key}")) from err

@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from raysae.commandline import reports_user_errors
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
 from raysae.config.data import CacheJobConfig
+from raysae.config.run import check_other_sections
 from raysae.data.sources import check_source
 
 SECTIONS = ("activations", "cache")
-
-
-def train_sections() -> dict[str, object]:
-    """Top-level keys of the training settings (all three dictionary kinds) and their types.
-
-    A cache file may also configure training (the same ``activations:``), so these keys are
-    accepted, and their values validated as ``raysae train`` would; any other key is an error.
-    """
-    from raysae.config.run import TrainCLTSettings, TrainCrossCoderSettings, TrainSAESettings
-
-    out: dict[str, object] = {}
-    for cls in (TrainSAESettings, TrainCLTSettings, TrainCrossCoderSettings):
-        for name, field in cls.model_fields.items():
-            out.setdefault(name, field.annotation)
-    return out
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,20 +40,8 @@ def load_cache_job(path: str) -> CacheJobConfig:
     """Validate the whole config file: `activations` and `cache`, plus the training settings'
     top-level sections (validated as training would); unknown keys are errors naming the key."""
     data = read_config_file(path)
-    train = {k: v for k, v in train_sections().items() if k not in SECTIONS}
-    unknown = [k for k in data if k not in SECTIONS and k not in train]
-    if unknown:
-        known = ", ".join([*SECTIONS, *sorted(train)])
-        raise ConfigError(
-            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; a cache file holds "
-            f"activations and cache, and may hold training settings ({known})"
-        )
+    check_other_sections(data, path, SECTIONS)
     try:
-        for key in (k for k in data if k in train):
-            try:
-                TypeAdapter(train[key]).validate_python(data[key])
-            except ValidationError as err:
-                raise ConfigError(format_validation_error(err, f"{path}: {key}")) from err
         return CacheJobConfig.model_validate({k: data[k] for k in SECTIONS if k in data})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, path)) from err
