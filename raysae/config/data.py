@@ -8,14 +8,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from raysae.config.base import StrictModel
+from raysae.lm.hook_names import HOOK_NAME_RE, is_hook_name
 
 ModelDType = Literal["float32", "bfloat16", "float16"]
+ModelBackend = Literal["native", "transformer_lens"]
 BUNDLED_MODEL = "smollm2-135m-instruct"
-HOOK_PATTERN = re.compile(
-    r"^(hook_embed|ln_final\.hook_(in|normalized|out)|blocks\.\d+\.(hook_resid_pre|hook_resid_mid|"
-    r"hook_resid_post|hook_attn_out|hook_mlp_in|hook_mlp_out|ln1\.hook_(in|normalized|out)|"
-    r"ln2\.hook_(in|normalized|out)|attn\.hook_(in|out)|mlp\.hook_(in|out)))$"
-)
+# The regex of every hook name, from the one vocabulary in raysae.lm.hook_names (kept for callers).
+HOOK_PATTERN = HOOK_NAME_RE
 
 
 class ModelConfig(StrictModel):
@@ -30,6 +29,11 @@ class ModelConfig(StrictModel):
     """Torch device ("cpu", "cuda", "cuda:1"); "auto" picks CUDA when present, else CPU."""
     num_threads: int | None = Field(None, gt=0)
     """Torch intra-op threads per model replica; None derives it from the CPUs given to the replica."""
+    backend: ModelBackend = "native"
+    """How the model is run: "native" runs a Llama-family model (llama, mistral, qwen2, qwen3) block by
+    block, the fastest and stopping after the deepest hook; "transformer_lens" runs it through
+    TransformerLens' TransformerBridge, for every architecture TransformerLens supports (GPT-2, Pythia,
+    Gemma, ...)."""
 
     @field_validator("device")
     @classmethod
@@ -137,7 +141,7 @@ class ActivationsConfig(StrictModel):
     def _check_hooks(cls, hooks: list[str]) -> list[str]:
         if not hooks:
             raise ValueError("hooks is empty: name at least one hook point")
-        bad = [h for h in hooks if not HOOK_PATTERN.match(h)]
+        bad = [h for h in hooks if not is_hook_name(h)]
         if bad:
             raise ValueError(
                 f"unknown hook point(s) {bad}; use TransformerLens names such as blocks.3.hook_resid_post, "

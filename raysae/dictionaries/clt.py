@@ -20,12 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from raysae.config import CLTConfig
-from raysae.dictionaries.base import LATENT, SparseDictionary, factory_kwargs
+from raysae.dictionaries.base import LATENT, factory_kwargs
 from raysae.dictionaries.registry import register
+from raysae.dictionaries.stacked import StackedEncoders
 
 
 @register
-class CrossLayerTranscoder(SparseDictionary):
+class CrossLayerTranscoder(StackedEncoders):
     """L per-layer encoders; decoders i→j for j ≥ i; latents ``[batch, L, d_sae]``."""
 
     architecture = "clt"
@@ -36,22 +37,17 @@ class CrossLayerTranscoder(SparseDictionary):
         self.cfg: CLTConfig = cfg
         self.n_layers = n
         factory = factory_kwargs(cfg, device)
-        self.W_enc = nn.Parameter(torch.empty(n, d, s, **factory))
-        self.b_enc = nn.Parameter(torch.zeros(n, s, **factory))
+        self._add_encoders(n, (n, s), factory)
         self.W_dec = nn.ParameterList([nn.Parameter(torch.empty(s, n - i, d, **factory)) for i in range(n)])
         self.b_dec = nn.Parameter(torch.zeros(n, d, **factory))
-        if cfg.glu_encoder:
-            self.W_glu = nn.Parameter(torch.empty(n, d, s, **factory))
-            self.b_glu = nn.Parameter(torch.zeros(n, s, **factory))
+        self._add_glu(n, (n, s), factory)
         self.to(**factory)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Kaiming-uniform rows for every decoder i→j, W_enc[l] = W_dec[l→l]ᵀ, zero biases."""
-        for bias in (self.b_enc, self.b_dec, getattr(self, "b_glu", None)):
-            if bias is not None:
-                bias.zero_()
+        self._zero_biases_()
         for w in self.W_dec:
             for k in range(w.shape[1]):
                 nn.init.kaiming_uniform_(w[:, k])
@@ -131,14 +127,11 @@ class CrossLayerTranscoder(SparseDictionary):
 
     @torch.no_grad()
     def fold_scales_(self) -> None:
-        s_in, s_out = self.input_scale, self.output_scale
-        self.W_enc.mul_(s_in[:, None, None])
-        if self.cfg.glu_encoder:
-            self.W_glu.mul_(s_in[:, None, None])
+        s_out = self.output_scale
+        self._fold_input_scales_()
         for i, w in enumerate(self.W_dec):
             w.div_(s_out[i:, None])  # slice [:, j - i] is divided by s_out[j]
         self.b_dec.div_(s_out[:, None])
-        self.input_scale.fill_(1.0)
         self.output_scale.fill_(1.0)
 
     @classmethod

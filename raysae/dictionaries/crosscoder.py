@@ -18,13 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from raysae.config import CrossCoderConfig
-from raysae.dictionaries.base import LATENT, SparseDictionary, factory_kwargs
+from raysae.dictionaries.base import LATENT, factory_kwargs
 from raysae.dictionaries.registry import register
+from raysae.dictionaries.stacked import StackedEncoders
 from raysae.lm.hooks import parse_hook
 
 
 @register
-class CrossCoder(SparseDictionary):
+class CrossCoder(StackedEncoders):
     """Per-head encoders summed into one latent space; per-head decoders; latents ``[batch, d_sae]``."""
 
     architecture = "crosscoder"
@@ -35,22 +36,17 @@ class CrossCoder(SparseDictionary):
         self.cfg: CrossCoderConfig = cfg
         self.n_heads = h
         factory = factory_kwargs(cfg, device)
-        self.W_enc = nn.Parameter(torch.empty(h, d, s, **factory))
-        self.b_enc = nn.Parameter(torch.zeros(s, **factory))
+        self._add_encoders(h, (s,), factory)
         self.W_dec = nn.Parameter(torch.empty(h, s, d, **factory))
         self.b_dec = nn.Parameter(torch.zeros(h, d, **factory))
-        if cfg.glu_encoder:
-            self.W_glu = nn.Parameter(torch.empty(h, d, s, **factory))
-            self.b_glu = nn.Parameter(torch.zeros(s, **factory))
+        self._add_glu(h, (s,), factory)
         self.to(**factory)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Kaiming-uniform decoder rows per head, W_enc[h] = W_dec[h]ᵀ, zero biases."""
-        for bias in (self.b_enc, self.b_dec, getattr(self, "b_glu", None)):
-            if bias is not None:
-                bias.zero_()
+        self._zero_biases_()
         for head in range(self.n_heads):
             nn.init.kaiming_uniform_(self.W_dec[head])
             if self.cfg.glu_encoder:
@@ -113,13 +109,10 @@ class CrossCoder(SparseDictionary):
 
     @torch.no_grad()
     def fold_scales_(self) -> None:
-        s_in, s_out = self.input_scale, self.output_scale
-        self.W_enc.mul_(s_in[:, None, None])
-        if self.cfg.glu_encoder:
-            self.W_glu.mul_(s_in[:, None, None])
+        s_out = self.output_scale
+        self._fold_input_scales_()
         self.W_dec.div_(s_out[:, None, None])
         self.b_dec.div_(s_out[:, None])
-        self.input_scale.fill_(1.0)
         self.output_scale.fill_(1.0)
 
     @classmethod

@@ -21,7 +21,22 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from raysae.config.data import BUNDLED_MODEL, ModelConfig
+from raysae.devices import resolve_device
+from raysae.home import raysae_home
 from raysae.lm.errors import ModelLoadError
+
+# raysae_home and resolve_device are re-exported: callers import them from here and from raysae.lm.
+__all__ = [
+    "DTYPES",
+    "GGUF_FILE",
+    "bundled_gguf_path",
+    "bundled_model_folder",
+    "load_model",
+    "load_tokenizer",
+    "model_source",
+    "raysae_home",
+    "resolve_device",
+]
 
 # Rust tokenizers' thread pool fights torch's intra-op threads in the same process (forwards measured
 # 3-4x slower); raysae tokenises whole batches of documents, so that parallelism buys nothing.
@@ -29,21 +44,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def raysae_home() -> Path:
-    """Root of raysae's local files: $RAYSAE_HOME, else $XDG_CACHE_HOME/raysae, else ~/.cache/raysae."""
-    if os.environ.get("RAYSAE_HOME"):
-        return Path(os.environ["RAYSAE_HOME"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "raysae"
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" becomes cuda when available, else cpu; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def bundled_gguf_path() -> Path:

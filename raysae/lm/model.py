@@ -1,37 +1,53 @@
-"""The language-model wrapper: hook capture, early stop, activation replacement, loss and unembedding.
+"""The language-model interface: hook capture, activation replacement, loss and unembedding.
 
-One backend: a transformers Llama-family model whose decoder blocks are run one by one here, so every
-TransformerLens hook point (see ``raysae.lm.hooks``) is a plain tensor we can record or replace, and the
-forward pass returns as soon as the deepest requested hook is computed.
+``LanguageModel`` is the abstract base; a backend only runs the forward pass and routes each hook site
+through a ``HookRouter``. Two backends exist (``ModelConfig.backend``):
+
+* ``"native"`` (``raysae.lm.native.NativeLanguageModel``): runs a Llama-family transformers model's
+  decoder blocks one by one, so every hook is a plain tensor and the pass stops after the deepest
+  captured hook. The fastest, and the default.
+* ``"transformer_lens"`` (``raysae.lm.bridge.BridgeLanguageModel``): TransformerLens 4's
+  ``TransformerBridge`` around the same transformers model, for every architecture TransformerLens
+  supports (GPT-2, Pythia, Gemma, Qwen, Llama, ...).
+
+``LanguageModel(hf_model, tokenizer, name)`` still builds the native backend, and
+``LanguageModel.from_config(cfg)`` picks the backend that ``cfg.backend`` names.
 """
 
 from __future__ import annotations
 
+import abc
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.masking_utils import create_causal_mask
+from transformers import PreTrainedTokenizerBase
 
 from raysae.config.data import ModelConfig
-from raysae.lm.errors import ModelLoadError
+from raysae.lm.errors import HookError, ModelLoadError
 from raysae.lm.hooks import HookPoint, all_hook_names, parse_hook
 from raysae.lm.loader import load_model
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 HookFn = Callable[[Tensor], Tensor]
+# backend name (ModelConfig.backend) -> "module:class"; imported on use, so the native backend never
+# imports transformer_lens.
+BACKENDS = {
+    "native": "raysae.lm.native:NativeLanguageModel",
+    "transformer_lens": "raysae.lm.bridge:BridgeLanguageModel",
+}
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised inside the forward pass once every requested hook has been recorded."""
 
 
 @dataclass
 class Unembed:
-    """The model's head: final RMSNorm then ``W_U`` ([d_model, d_vocab]); for direct logit attribution."""
+    """The model's head: final norm then ``W_U`` ([d_model, d_vocab]); for direct logit attribution."""
 
     final_norm: nn.Module
     W_U: Tensor
@@ -44,57 +60,149 @@ class Unembed:
         return out + self.b_U if self.b_U is not None else out
 
 
-class LanguageModel:
-    """A causal LM behind raysae's interface; tokens are int tensors [batch, seq]."""
+class HookRouter:
+    """What one forward pass does at each canonical site (layer, site): replace, then record.
 
-    def __init__(self, hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = ""):
-        model_type = getattr(hf_model.config, "model_type", "?")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ModelLoadError(
-                f"model type {model_type!r} is not supported (pre-norm decoders: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
-        self.hf_model = hf_model
-        self.tokenizer = tokenizer
-        self.name = name or getattr(hf_model.config, "_name_or_path", model_type)
-        self._body = hf_model.model
-        self.n_layers: int = hf_model.config.num_hidden_layers
-        self.d_model: int = hf_model.config.hidden_size
-        self.d_vocab: int = hf_model.config.vocab_size
-        bos = tokenizer.bos_token_id
-        if bos is None:
-            raise ModelLoadError(f"{self.name}: the tokenizer has no BOS token")
-        self.bos_token_id: int = bos
-        self.pad_token_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
+    Every replacement of a site is applied first (in the order given), then every captured name of the
+    site records the value that flows on, so aliases of one tensor always agree. With ``stop`` set the
+    router raises ``StopForward`` once every captured hook is recorded.
+    """
+
+    def __init__(self, points: list[HookPoint], capture: list[str], replace: dict[str, HookFn], stop: bool):
+        self.by_site: dict[tuple[int, str], list[str]] = {}
+        for p in points:
+            names = self.by_site.setdefault((p.layer, p.site), [])
+            if p.name not in names:
+                names.append(p.name)
+        self.capture = set(capture)
+        self.replacements = replace
+        self.stop = stop
+        self.cache: dict[str, Tensor] = {}
+
+    def __contains__(self, key: tuple[int, str]) -> bool:
+        return key in self.by_site
+
+    def replaces(self, layer: int, site: str) -> bool:
+        """Whether some hook of this site is replaced."""
+        return any(h in self.replacements for h in self.by_site.get((layer, site), ()))
+
+    def replace(self, layer: int, site: str, value: Tensor) -> Tensor:
+        """The value after every replacement of this site."""
+        for hook in self.by_site.get((layer, site), ()):
+            if hook in self.replacements:
+                value = self.replacements[hook](value)
+        return value
+
+    def record(self, layer: int, site: str, value: Tensor) -> Tensor:
+        """Record ``value`` under every captured name of this site; stop the pass when all are in."""
+        for hook in self.by_site.get((layer, site), ()):
+            if hook in self.capture:
+                self.cache[hook] = value
+        if self.stop and len(self.cache) == len(self.capture):
+            raise StopForward
+        return value
+
+    def __call__(self, layer: int, site: str, value: Tensor) -> Tensor:
+        """Replace, then record: the value that flows on."""
+        if (layer, site) not in self.by_site:
+            return value
+        return self.record(layer, site, self.replace(layer, site, value))
+
+
+def backend_class(backend: str) -> type[LanguageModel]:
+    """The ``LanguageModel`` subclass of a ``ModelConfig.backend`` name."""
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown model backend {backend!r}; known: {', '.join(BACKENDS)}")
+    module, name = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class LanguageModel(abc.ABC):
+    """A causal LM behind raysae's interface; tokens are int tensors [batch, seq].
+
+    Subclasses set ``backend``, ``hf_model``, ``tokenizer``, ``name``, ``n_layers``, ``d_model``,
+    ``d_vocab``, ``bos_token_id`` and ``pad_token_id`` (``_set_tokens`` sets the last two), and
+    implement ``_run``, ``unembed``, ``device`` and ``dtype``.
+    """
+
+    backend: ClassVar[str]
+    hf_model: Any
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    n_layers: int
+    d_model: int
+    d_vocab: int
+    bos_token_id: int
+    pad_token_id: int
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LanguageModel:
+        # ``LanguageModel(hf_model, tokenizer, name)`` predates the backends: it means the native one.
+        if cls is LanguageModel:
+            cls = backend_class("native")
+        return super().__new__(cls)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> LanguageModel:
-        """Load the model named by ``cfg`` (see ``raysae.lm.loader.load_model``)."""
+        """Load the model named by ``cfg`` (``raysae.lm.loader.load_model``) behind ``cfg.backend``.
+
+        Called on a backend class, ``cfg.backend`` must name that backend (a silent switch would hide
+        a config mistake).
+        """
+        target = backend_class(cfg.backend)
+        if cls is not LanguageModel and not issubclass(target, cls):
+            raise ModelLoadError(
+                f"{cls.__name__}.from_config got backend {cfg.backend!r}; LanguageModel.from_config follows it"
+            )
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         model, tokenizer = load_model(cfg)
-        return cls(model, tokenizer, cfg.name)
+        return target(model, tokenizer, cfg.name)
+
+    def _set_tokens(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """BOS (required: every window starts with it) and the pad token (BOS when there is none)."""
+        bos = tokenizer.bos_token_id
+        if bos is None:
+            raise ModelLoadError(f"{self.name}: the tokenizer has no BOS token")
+        self.bos_token_id = bos
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
 
     @property
+    @abc.abstractmethod
     def device(self) -> torch.device:
-        return self.hf_model.lm_head.weight.device
+        """Where the weights (and the tokens of a forward pass) live."""
 
     @property
+    @abc.abstractmethod
     def dtype(self) -> torch.dtype:
-        return self.hf_model.lm_head.weight.dtype
+        """Compute dtype; activations are returned in it."""
+
+    @property
+    @abc.abstractmethod
+    def unembed(self) -> Unembed:
+        """Final norm and ``W_U``."""
+
+    @abc.abstractmethod
+    def _run(self, tokens: Tensor, router: HookRouter, return_logits: bool) -> Tensor | None:
+        """One forward pass routing every hook site through ``router``; the logits [B, T, vocab]."""
+
+    def has_site(self, point: HookPoint) -> bool:
+        """Whether this model computes the tensor ``point`` names (not every architecture has each)."""
+        return True
 
     def hook_names(self) -> list[str]:
         """Every hook point of this model, aliases included, in forward order."""
-        return all_hook_names(self.n_layers)
+        names = all_hook_names(self.n_layers)
+        return [n for n in names if self.has_site(parse_hook(n, self.n_layers))]
 
     def check_hooks(self, hooks: Iterable[str]) -> list[HookPoint]:
         """Parse hook names against this model's depth; raises ``HookError`` naming a bad one."""
-        return [parse_hook(h, self.n_layers) for h in hooks]
-
-    @property
-    def unembed(self) -> Unembed:
-        """Final norm and ``W_U`` (tied to the embeddings for SmolLM2)."""
-        head = self.hf_model.lm_head
-        return Unembed(self._body.norm, head.weight.T, getattr(head, "bias", None))
+        points = [parse_hook(h, self.n_layers) for h in hooks]
+        for p in points:
+            if not self.has_site(p):
+                raise HookError(
+                    f"hook point {p.name!r}: {self.name} ({self.backend} backend) has no such tensor"
+                )
+        return points
 
     def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> Tensor:
         """Tokenise one text ([1, T]) or several equal-length ones; BOS first unless told otherwise."""
@@ -130,84 +238,27 @@ class LanguageModel:
         capture = list(dict.fromkeys(capture))
         replace = dict(replace or {})
         points = self.check_hooks([*capture, *replace])
-        by_site: dict[tuple[int, str], list[str]] = {}
-        for p in points:
-            names = by_site.setdefault((p.layer, p.site), [])
-            if p.name not in names:
-                names.append(p.name)
-        wanted = set(capture)
-        cache: dict[str, Tensor] = {}
-
-        def site(layer: int, name: str, value: Tensor) -> Tensor:
-            for hook in by_site.get((layer, name), ()):
-                if hook in replace:
-                    value = replace[hook](value)
-                if hook in wanted:
-                    cache[hook] = value
-            if not return_logits and len(cache) == len(wanted):
-                raise _Stop
-            return value
-
-        tokens = tokens.to(self.device)
+        router = HookRouter(points, capture, replace, stop=not return_logits)
         try:
-            logits = self._run(tokens, site, by_site)
-        except _Stop:
+            logits = self._run(tokens.to(self.device), router, return_logits)
+        except StopForward:
             logits = None
-        return logits, cache
+        return logits, router.cache
 
     def loss(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy [B, T-1] (nats) of the unmodified model."""
         with torch.inference_mode():
             logits, _ = self.forward(tokens)
-        return _next_token_loss(logits, tokens)  # type: ignore[arg-type]
+        return next_token_loss(logits, tokens)  # type: ignore[arg-type]
 
     def loss_with_replacement(self, tokens: Tensor, hook: str, fn: HookFn) -> tuple[Tensor, Tensor]:
         """(per-token CE [B, T-1], logits [B, T, vocab]) with ``hook``'s activation replaced by fn(activation)."""
         with torch.inference_mode():
             logits, _ = self.forward(tokens, replace={hook: fn})
-        return _next_token_loss(logits, tokens), logits  # type: ignore[arg-type]
-
-    def _run(self, tokens: Tensor, site: Callable[[int, str, Tensor], Tensor], by_site: dict) -> Tensor:
-        body = self._body
-        h = site(-1, "embed", body.embed_tokens(tokens))
-        position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
-        mask = create_causal_mask(
-            config=body.config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=position_ids
-        )
-        rope = body.rotary_emb(h, position_ids=position_ids)
-        for i, layer in enumerate(body.layers[: self.n_layers]):
-            h = site(i, "resid_pre", h)
-            x = _norm(layer.input_layernorm, h, i, "ln1", site, by_site)
-            x = site(i, "ln1_out", x)
-            attn, _ = layer.self_attn(
-                hidden_states=x, attention_mask=mask, position_ids=position_ids, position_embeddings=rope
-            )
-            h = h + site(i, "attn_out", attn)
-            h = site(i, "resid_mid", h)
-            x = site(i, "mlp_in", h)
-            x = _norm(layer.post_attention_layernorm, x, i, "ln2", site, by_site)
-            x = site(i, "ln2_out", x)
-            h = h + site(i, "mlp_out", layer.mlp(x))
-            h = site(i, "resid_post", h)
-        n = self.n_layers
-        h = site(n, "final_in", h)
-        h = _norm(body.norm, h, n, "final", site, by_site)
-        h = site(n, "final_out", h)
-        return self.hf_model.lm_head(h)
+        return next_token_loss(logits, tokens), logits  # type: ignore[arg-type]
 
 
-def _norm(module: nn.Module, x: Tensor, layer: int, prefix: str, site: Callable, by_site: dict) -> Tensor:
-    """Apply an RMSNorm; split into normalise and scale when its ``*_normalized`` hook is in use."""
-    if (layer, f"{prefix}_normalized") not in by_site:
-        return module(x)
-    eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-    x32 = x.to(torch.float32)
-    normalized = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    normalized = site(layer, f"{prefix}_normalized", normalized)
-    return module.weight * normalized
-
-
-def _next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
+def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
     """Cross-entropy of predicting tokens[:, 1:] from logits[:, :-1], per token, in float32."""
     pred = logits[:, :-1].float()
     target = tokens[:, 1:].to(pred.device)
