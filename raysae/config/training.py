@@ -57,6 +57,9 @@ class TrainerConfig(StrictModel):
     decoder_norm_mode: Literal["free", "unit", "unit_project_grad"] = "unit_project_grad"
     """free: decoder rows unconstrained (use with decoder-norm-weighted sparsity); unit: renormalise
     rows to norm 1 after each step; unit_project_grad: also remove the gradient parallel to each row."""
+    sparse_topk: bool = True
+    """TopK/BatchTopK SAEs train on the sparse path (decode and gradients through the k active latents
+    only; ``raysae.dictionaries.sparse``); False uses the dense reference. Sharded runs use the dense one."""
     aux_k: int | None = Field(None, gt=0)
     """AuxK: how many dead latents reconstruct the residual; None means d_model // 2. TopK/BatchTopK only."""
     aux_k_coefficient: float = Field(1 / 32, ge=0)

@@ -20,9 +20,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from raysae import metrics as M
 from raysae.config import DictionaryConfig
 from raysae.devices import resolve_device
 from raysae.dictionaries.activations import Activation, build_activation
+from raysae.dictionaries.sparse import SparseLatents
 from raysae.errors import RaysaeError
 from raysae.lm.hooks import HookError, parse_hook
 
@@ -41,6 +43,31 @@ class LossOutput:
     feature_acts: Tensor | None = None
     reconstruction: Tensor | None = None
     label: Tensor | None = None
+    sparse_latents: SparseLatents | None = None
+    """The sparse path's latents (then ``feature_acts`` is None): densified only when read."""
+
+    def latents(self) -> Tensor:
+        """The latent activations as a dense tensor."""
+        if self.feature_acts is not None:
+            return self.feature_acts
+        if self.sparse_latents is None:
+            raise RuntimeError("the loss output holds no latent activations")
+        return self.sparse_latents.dense()
+
+    @property
+    def n_rows(self) -> int:
+        """Tokens in the batch (a DTensor of latents reports its global row count)."""
+        if self.feature_acts is not None:
+            return int(self.feature_acts.shape[0])
+        if self.sparse_latents is None:
+            raise RuntimeError("the loss output holds no latent activations")
+        return self.sparse_latents.pattern.shape[0]
+
+    def firing_counts(self) -> Tensor:
+        """Tokens each latent fired on in this batch, without densifying sparse latents."""
+        if self.feature_acts is None and self.sparse_latents is not None:
+            return self.sparse_latents.firing_counts()
+        return M.firing_counts(self.latents())
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -259,6 +286,16 @@ class SparseDictionary(nn.Module, ABC):
             loss = loss + aux_k_coefficient * aux
         parts = {k: v.detach() for k, v in parts.items()}
         return LossOutput(loss, parts, z, y_hat, y)
+
+    @property
+    def supports_sparse_loss(self) -> bool:
+        """Whether ``compute_sparse_loss`` exists for this dictionary and activation (see
+        ``raysae.dictionaries.sparse``); the dense ``compute_loss`` is always there."""
+        return False
+
+    def compute_sparse_loss(self, batch: Batch, **kwargs: Any) -> LossOutput:
+        """``compute_loss`` with sparse decode and gradients, where ``supports_sparse_loss``."""
+        raise NotImplementedError(f"{type(self).__name__} has no sparse loss")
 
     def sparsity_loss(self, pre: Tensor, z: Tensor) -> Tensor:
         """Per-token sparsity term, averaged over the batch."""

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from raysae.config import SAEConfig
-from raysae.dictionaries.base import LATENT, SparseDictionary, factory_kwargs
+from raysae.dictionaries.base import LATENT, Batch, LossOutput, SparseDictionary, factory_kwargs
 from raysae.dictionaries.registry import register
+from raysae.dictionaries.sparse import Pattern, SparseLatents, gather_active, sparse_decode
 
 
 @register
@@ -66,6 +67,62 @@ class SparseAutoencoder(SparseDictionary):
 
     def decode_scaled(self, z: Tensor) -> Tensor:
         return z @ self.W_dec + self.b_dec
+
+    # ---- the sparse training path (raysae.dictionaries.sparse) ----------------------------------
+    @property
+    def supports_sparse_loss(self) -> bool:
+        """TopK and BatchTopK without a GLU gate: the active set is known before any decoder work."""
+        return self.cfg.act_fn in ("topk", "batchtopk") and not self.cfg.glu_encoder
+
+    def compute_sparse_loss(
+        self,
+        batch: Batch,
+        sparsity_coefficient: float | None = None,
+        dead_mask: Tensor | None = None,
+        aux_k: int | None = None,
+        aux_k_coefficient: float = 0.0,
+    ) -> LossOutput:
+        """``compute_loss`` for TopK/BatchTopK with sparse decode and sparse gradients (same loss:
+        MSE summed over features, mean over tokens, plus AuxK). The latents come back as
+        ``sparse_latents`` (``feature_acts`` None), densified only when metrics read them. ``sparsity_coefficient`` is unused, as in the dense path for these activations."""
+        if not self.supports_sparse_loss:
+            raise ValueError(f"no sparse loss for act_fn={self.cfg.act_fn!r} (glu={self.cfg.glu_encoder})")
+        x = self._scale(self.prepare_input(batch).to(self.input_scale.dtype), self.input_scale)
+        y = self._scale(self.prepare_label(batch).to(self.output_scale.dtype), self.output_scale)
+        b_sub = self.b_dec if self.subtracts_b_dec else None
+        with torch.no_grad():
+            x_in = x - b_sub if b_sub is not None else x
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc)
+        act = self.activation
+        if self.cfg.act_fn == "topk":
+            pattern = Pattern.topk(pre, act.k)
+        else:
+            pattern = Pattern.batch_topk(pre, min(act.k * pre.shape[0], pre.numel()))
+        values = torch.relu(gather_active(x_in, self.W_enc, self.b_enc, b_sub, pre, pattern))
+        if self.cfg.act_fn == "batchtopk":
+            act._update_threshold(values.detach())  # type: ignore[attr-defined]
+        y_hat = sparse_decode(values, self.W_dec, pattern) + self.b_dec
+        mse = (y_hat - y).pow(2).sum(-1).mean()
+        parts, loss = {"mse": mse}, mse
+        if dead_mask is not None and aux_k_coefficient > 0:
+            residual = y - y_hat.detach()
+            aux = self._sparse_aux_k(x_in, b_sub, pre, residual, dead_mask, aux_k or self.d_model // 2)
+            parts["aux_k"], loss = aux, loss + aux_k_coefficient * aux
+        parts = {k: v.detach() for k, v in parts.items()}
+        latents = SparseLatents(pattern, values.detach())
+        return LossOutput(loss, parts, None, y_hat, y, sparse_latents=latents)
+
+    def _sparse_aux_k(
+        self, x_in: Tensor, b_sub: Tensor | None, pre: Tensor, residual: Tensor, dead_mask: Tensor, k_aux: int
+    ) -> Tensor:
+        """``aux_k_loss`` on the sparse path: the top dead latents decode through their rows only."""
+        n_dead = int(dead_mask.sum())
+        if n_dead == 0:
+            return pre.new_zeros(())
+        pattern = Pattern.topk(pre.masked_fill(~dead_mask, -torch.inf), min(k_aux, n_dead))
+        values = torch.relu(gather_active(x_in, self.W_enc, self.b_enc, b_sub, pre, pattern))
+        linear = sparse_decode(values, self.W_dec, pattern)
+        return min(n_dead / k_aux, 1.0) * (linear - residual).pow(2).sum(-1).mean()
 
     def decoder_norms(self) -> Tensor:
         return self.W_dec.norm(dim=-1)

@@ -139,7 +139,12 @@ class Trainer:
             d.activation.k = round(run.schedules.k(st.step))  # type: ignore[union-attr]
         dead_mask = st.tokens_since_fired >= cfg.dead_after_tokens
         sharded = is_distributed(d)
-        loss_fn = partial(compute_sharded_loss, d) if sharded else d.compute_loss
+        if sharded:
+            loss_fn = partial(compute_sharded_loss, d)
+        elif cfg.sparse_topk and d.supports_sparse_loss:
+            loss_fn = d.compute_sparse_loss
+        else:
+            loss_fn = d.compute_loss
         out = loss_fn(
             batch,
             sparsity_coefficient=run.schedules.sparsity(st.step),
@@ -158,19 +163,17 @@ class Trainer:
         run.optimizer.step()
         if cfg.decoder_norm_mode != "free":
             d.set_decoder_norm_(1.0)
-        self._track_firing(out.feature_acts)
+        self._track_firing(out)
         st.step += 1
         return out
 
     @torch.no_grad()
-    def _track_firing(self, z: Tensor | None) -> None:
+    def _track_firing(self, out: LossOutput) -> None:
         """Update tokens-since-fired from the global batch (every rank's rows, every latent)."""
-        if z is None:
-            raise RuntimeError("the dictionary's loss returned no feature activations")
         run = self.run
         tsf = run.state.tokens_since_fired
-        fired_count = to_full(M.firing_counts(z)).to(tsf.device)
-        n_tokens = int(z.shape[0])  # a DTensor reports its global row count
+        fired_count = to_full(out.firing_counts()).to(tsf.device)
+        n_tokens = out.n_rows
         tsf.add_(n_tokens).masked_fill_(fired_count > 0, 0)
         run.window_fired += fired_count
         self._window_tokens += n_tokens
@@ -189,9 +192,9 @@ class Trainer:
         st, sched = run.state, run.schedules
         now = time.perf_counter()
         elapsed = max(now - self._window_start, 1e-9)  # since the last report: reporting time included
-        if out.label is None or out.reconstruction is None or out.feature_acts is None:
-            raise RuntimeError("the loss output lacks label, reconstruction or feature activations")
-        label, recon, z = (to_full(t.detach()) for t in (out.label, out.reconstruction, out.feature_acts))
+        if out.label is None or out.reconstruction is None:
+            raise RuntimeError("the loss output lacks label or reconstruction")
+        label, recon, z = (to_full(t.detach()) for t in (out.label, out.reconstruction, out.latents()))
         m: dict[str, float] = {f"loss/{k}": float(to_full(v)) for k, v in out.parts.items()}
         m["loss/total"] = float(to_full(out.loss.detach()))
         m["metrics/mse"] = float(M.mse(label, recon))
