@@ -105,7 +105,7 @@ def timed(fn, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool):
+def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool, bf16: bool = False):
     """A bound Trainer whose step the benchmark calls (half the latents dead when ``auxk``)."""
     torch.manual_seed(0)
     sae = build_dictionary(SAEConfig(d_model=args.d_model, d_sae=args.latents, act_fn="topk", top_k=args.k))
@@ -113,6 +113,7 @@ def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool):
         batch_size=args.batch,
         total_training_tokens=args.batch * 10**6,
         sparse_topk=sparse,
+        autocast="bfloat16" if bf16 else "off",
         aux_k_coefficient=1 / 32 if auxk else 0.0,
         dead_after_tokens=10**12,
     )
@@ -120,9 +121,17 @@ def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool):
     x = torch.randn(args.batch, args.d_model)
     trainer.initialize(sae, [x])
     trainer.setup(sae)
-    if auxk:
-        trainer.state.tokens_since_fired[::2] = 10**13  # AuxK's cost is set by k_aux, not by how many
-    return lambda: trainer.step(x)
+    if not auxk:
+        return lambda: trainer.step(x)
+    tsf = trainer.state.tokens_since_fired
+
+    def step():
+        tsf[::2] = 10**13  # half the latents dead at every step (AuxK's cost is set by k_aux)
+        out = trainer.step(x)
+        assert float(out.parts["aux_k"]) > 0, "AuxK did not run"
+        return out
+
+    return step
 
 
 def plain_dense_step(args: argparse.Namespace):
@@ -159,6 +168,7 @@ def main() -> None:
         "raysae dense + AuxK": raysae_step(args, sparse=False, auxk=True),
         "raysae sparse": raysae_step(args, sparse=True, auxk=False),
         "raysae sparse + AuxK": raysae_step(args, sparse=True, auxk=True),
+        "raysae sparse bf16": raysae_step(args, sparse=True, auxk=False, bf16=True),
     }
     peers = [] if args.no_peers else list(PEERS)
     times: dict[str, list[float]] = {name: [] for name in [*variants, *peers]}

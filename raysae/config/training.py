@@ -57,6 +57,9 @@ class TrainerConfig(StrictModel):
     decoder_norm_mode: Literal["free", "unit", "unit_project_grad"] = "unit_project_grad"
     """free: decoder rows unconstrained (use with decoder-norm-weighted sparsity); unit: renormalise
     rows to norm 1 after each step; unit_project_grad: also remove the gradient parallel to each row."""
+    autocast: Literal["off", "bfloat16"] = "off"
+    """bfloat16: the encoder's dense product (sparse path) or the whole loss (dense path, torch.autocast)
+    in bf16, with fp32 master weights and optimiser; fast on AMX CPUs and tensor-core GPUs."""
     sparse_topk: bool = True
     """TopK/BatchTopK SAEs train on the sparse path (decode and gradients through the k active latents
     only; ``raysae.dictionaries.sparse``); False uses the dense reference. Sharded runs use the dense one."""

@@ -81,9 +81,12 @@ class SparseAutoencoder(SparseDictionary):
         dead_mask: Tensor | None = None,
         aux_k: int | None = None,
         aux_k_coefficient: float = 0.0,
+        encode_dtype: torch.dtype | None = None,
     ) -> LossOutput:
         """``compute_loss`` for TopK/BatchTopK with sparse decode and sparse gradients (same loss:
-        MSE summed over features, mean over tokens, plus AuxK). The latents come back as
+        MSE summed over features, mean over tokens, plus AuxK). ``encode_dtype`` (e.g. bfloat16) computes the
+        encoder's dense product, hence the selection and the active pre-activations, in that precision;
+        gradients and parameters stay in the parameters' dtype. The latents come back as
         ``sparse_latents`` (``feature_acts`` None), densified only when metrics read them. ``sparsity_coefficient`` is unused, as in the dense path for these activations."""
         if not self.supports_sparse_loss:
             raise ValueError(f"no sparse loss for act_fn={self.cfg.act_fn!r} (glu={self.cfg.glu_encoder})")
@@ -92,7 +95,12 @@ class SparseAutoencoder(SparseDictionary):
         b_sub = self.b_dec if self.subtracts_b_dec else None
         with torch.no_grad():
             x_in = x - b_sub if b_sub is not None else x
-            pre = torch.addmm(self.b_enc, x_in, self.W_enc)
+            if encode_dtype is None or encode_dtype == self.W_enc.dtype:
+                pre = torch.addmm(self.b_enc, x_in, self.W_enc)
+            else:  # the one dense product in low precision (bf16: AMX / tensor cores); the rest stays fp32
+                pre = torch.addmm(
+                    self.b_enc.to(encode_dtype), x_in.to(encode_dtype), self.W_enc.to(encode_dtype)
+                )
         act = self.activation
         if self.cfg.act_fn == "topk":
             pattern = Pattern.topk(pre, act.k)

@@ -104,7 +104,7 @@ class _GatherActive(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, b_sub, pre, pattern: Pattern):  # type: ignore[override]
         ctx.save_for_backward(x, W_enc)
         ctx.pattern = pattern
-        return pre[pattern.row, pattern.col]
+        return pre[pattern.row, pattern.col].to(W_enc.dtype)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]

@@ -10,6 +10,7 @@ the step uses the sharded loss, reduces gradients over the data dim and reads me
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -139,19 +140,24 @@ class Trainer:
             d.activation.k = round(run.schedules.k(st.step))  # type: ignore[union-attr]
         dead_mask = st.tokens_since_fired >= cfg.dead_after_tokens
         sharded = is_distributed(d)
+        bf16 = cfg.autocast == "bfloat16"
+        autocast = contextlib.nullcontext()
         if sharded:
             loss_fn = partial(compute_sharded_loss, d)
         elif cfg.sparse_topk and d.supports_sparse_loss:
-            loss_fn = d.compute_sparse_loss
+            loss_fn = partial(d.compute_sparse_loss, encode_dtype=torch.bfloat16 if bf16 else None)
         else:
             loss_fn = d.compute_loss
-        out = loss_fn(
-            batch,
-            sparsity_coefficient=run.schedules.sparsity(st.step),
-            dead_mask=dead_mask,
-            aux_k=cfg.aux_k,
-            aux_k_coefficient=cfg.aux_k_coefficient,
-        )
+        if bf16 and not (cfg.sparse_topk and d.supports_sparse_loss):
+            autocast = torch.autocast(d.input_scale.device.type, dtype=torch.bfloat16)
+        with autocast:
+            out = loss_fn(
+                batch,
+                sparsity_coefficient=run.schedules.sparsity(st.step),
+                dead_mask=dead_mask,
+                aux_k=cfg.aux_k,
+                aux_k_coefficient=cfg.aux_k_coefficient,
+            )
         run.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if sharded:

@@ -220,3 +220,29 @@ def test_a_stream_without_one_step_of_rows_is_a_clear_error():
         trainer.fit(sae, [torch.randn(20, 8)])
     with pytest.raises(TrainingDataError):
         Trainer(TrainerConfig(batch_size=32, total_training_tokens=320), progress=False).fit(sae, [])
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_bf16_autocast_keeps_explained_variance_within_half_a_percent(sparse):
+    from raysae import metrics as M
+
+    gt = SparseGroundTruth(d_model=64, n_features=256, active_per_sample=4)
+    held_out = next(gt.batches(2048, 1, seed=99))
+    ev = {}
+    for autocast in ("off", "bfloat16"):
+        torch.manual_seed(0)
+        trainer = Trainer(
+            TrainerConfig(
+                lr=3e-3, batch_size=256, total_training_tokens=256 * 300, lr_warmup_steps=30,
+                sparse_topk=sparse, autocast=autocast,
+            ),
+            progress=False,
+        )  # fmt: skip
+        sae = trainer.fit(
+            build_dictionary(SAEConfig(d_model=64, d_sae=512, act_fn="topk", top_k=4)), gt.batches(256, 300)
+        )
+        with torch.no_grad():
+            ev[autocast] = float(M.explained_variance(held_out, sae.eval()(held_out)))
+    assert ev["off"] > 0.7
+    assert ev["bfloat16"] != ev["off"]  # the bf16 path ran
+    assert abs(ev["bfloat16"] - ev["off"]) < 0.005, ev
