@@ -103,11 +103,22 @@ def kl_recovered(kl_reconstructed: float, kl_zero_ablated: float) -> float:
     return 1 - kl_reconstructed / kl_zero_ablated
 
 
+def log_probs(logits: Tensor) -> Tensor:
+    """Next-token log-probabilities from logits ``[..., vocab]`` (float32 at least: the rounding of a
+    log-probability, ~1e-7 of its size, stays far below the KL and CE differences being measured)."""
+    return torch.log_softmax(
+        logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1
+    )
+
+
+def kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Per-token KL(p ‖ q) from log-probabilities ``[..., vocab]``, summed in float64."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1, dtype=torch.float64)
+
+
 def kl_divergence(logits_clean: Tensor, logits_other: Tensor) -> Tensor:
     """Per-token KL(p_clean ‖ p_other) from logits ``[..., vocab]``."""
-    log_p = torch.log_softmax(logits_clean.double(), dim=-1)
-    log_q = torch.log_softmax(logits_other.double(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    return kl_from_log_probs(log_probs(logits_clean), log_probs(logits_other))
 
 
 @dataclass

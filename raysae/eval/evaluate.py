@@ -66,22 +66,20 @@ def evaluate(
         l0_sum += M.active_latents(z).sum(0)
         n_tokens += z.shape[0]
         if splice:
-            target = keep[:, 1:]
+            target = keep[:, 1:]  # predicted tokens that count
             recon_fn = lambda a, r=y_hat, k=keep: _splice(a, r.to(a.device), k)  # noqa: E731
             zero_fn = lambda a, k=keep: _splice(a, torch.zeros_like(a[k]), k)  # noqa: E731
-            ce_clean = _masked_ce(logits_clean, tokens, target)
-            ce_recon, logits_recon = lm.loss_with_replacement(tokens, hooks_out[0], recon_fn)
-            ce_zero, logits_zero = lm.loss_with_replacement(tokens, hooks_out[0], zero_fn)
-            ce["clean"] += float(ce_clean.sum())
-            ce["reconstructed"] += float(ce_recon[target].sum())
-            ce["zero_ablated"] += float(ce_zero[target].sum())
-            pos = keep[:, :-1] & target
-            kl["reconstructed"] += float(
-                M.kl_divergence(logits_clean[:, :-1][pos], logits_recon[:, :-1][pos]).sum()
-            )
-            kl["zero_ablated"] += float(
-                M.kl_divergence(logits_clean[:, :-1][pos], logits_zero[:, :-1][pos]).sum()
-            )
+            logits_recon, _ = lm.forward(tokens, replace={hooks_out[0]: recon_fn})
+            logits_zero, _ = lm.forward(tokens, replace={hooks_out[0]: zero_fn})
+            # One log-softmax per run, over the counted rows only; CE and KL both read it.
+            nxt = tokens[:, 1:][target][:, None]
+            lp = {name: M.log_probs(lg[:, :-1][target]) for name, lg in
+                  (("clean", logits_clean), ("reconstructed", logits_recon), ("zero_ablated", logits_zero))}  # fmt: skip
+            for name, values in lp.items():
+                ce[name] += float(-values.gather(-1, nxt).sum())
+            pos = keep[:, :-1][target]  # KL where the predicting position is a kept one too
+            for name in kl:
+                kl[name] += float(M.kl_from_log_probs(lp["clean"][pos], lp[name][pos]).sum())
             n_pred += int(target.sum())
         bar.update(int(keep.sum()))
     bar.close()
@@ -116,9 +114,3 @@ def evaluate(
         out["kl_div"] = {k: v / n_pred for k, v in kl.items()}
         out["kl_recovered"] = M.kl_recovered(kl["reconstructed"], kl["zero_ablated"])
     return out
-
-
-def _masked_ce(logits: Tensor, tokens: Tensor, target: Tensor) -> Tensor:
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return nll[target]
