@@ -2,10 +2,11 @@
 workers whose dictionary is sharded with DTensor over a ``data × model`` mesh.
 
 ``train_sae`` / ``train_clt`` / ``train_crosscoder`` take the matching settings object; ``train``
-takes any. The worker loop reuses ``Trainer.step`` unchanged; what it adds is the distributed
+takes any. The worker runs ``Trainer.fit``, the one training loop, and adds only the distributed
 plumbing: rows gathered within each model-parallel group (so every shard of a replica sees the same
-rows), an all-reduce each step to agree that every rank still has data, DCP checkpoints reported to
-Ray Train, resume from ``ray.train.get_checkpoint()``, and the export of the final dictionary.
+rows), an all-reduce per batch to agree that every rank still has data, and ``RayTrainCheckpointer``
+(DCP checkpoints reported to Ray Train, resume from ``ray.train.get_checkpoint()``, the exported
+final dictionary).
 """
 
 from __future__ import annotations
