@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "raysae.data.commands",
     "raysae.store.commands",
     "raysae.analysis.commands",
+    "raysae.graphs.commands",
+    "raysae.autointerp.commands",
     "raysae.serve.commands",
 ]
 

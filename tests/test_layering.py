@@ -35,6 +35,7 @@ RANK = {
     "train": 3,
     "eval": 4,
     "analysis": 4,
+    "graphs": 4,
     "autointerp": 4,
     "serve": 6,
     "cli": 7,

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from raysae.config.base import StrictModel
+from raysae.config.base import M, StrictModel
 from raysae.config.data import ActivationsConfig
 from raysae.config.dictionary import CLTConfig, CrossCoderConfig, DictionaryConfig, SAEConfig
 from raysae.config.training import TrainerConfig
@@ -133,15 +133,22 @@ def train_settings_from_dict(data: dict) -> AnyTrainSettings:
 
 def shared_sections() -> dict[str, object]:
     """Top-level sections one settings file may hold for several commands, and their types: the
-    training settings (all three dictionary kinds), ``cache`` and ``analysis``.
+    training settings (all three dictionary kinds), ``cache``, ``analysis``, ``graphs`` and ``autointerp``.
 
     ``raysae cache`` and ``raysae analyze`` read their own sections of a file that may also configure
     training; the other sections are validated as their command would, and any other key is an error.
     """
     from raysae.config.analysis import AnalysisConfig
+    from raysae.config.autointerp import AutointerpConfig
     from raysae.config.data import CacheConfig
+    from raysae.config.graphs import GraphConfig
 
-    out: dict[str, object] = {"cache": CacheConfig, "analysis": AnalysisConfig}
+    out: dict[str, object] = {
+        "cache": CacheConfig,
+        "analysis": AnalysisConfig,
+        "graphs": GraphConfig,
+        "autointerp": AutointerpConfig,
+    }
     for cls in (TrainSAESettings, TrainCLTSettings, TrainCrossCoderSettings):
         for name, field in cls.model_fields.items():
             out.setdefault(name, field.annotation)
@@ -167,3 +174,27 @@ def check_other_sections(data: dict, path: str, own: tuple[str, ...]) -> None:
             TypeAdapter(others[key]).validate_python(data[key])
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, f"{path}: {key}")) from err
+
+
+def load_section(path: str, section: str, model: type[M], overrides: dict | None = None) -> M:
+    """``model`` from ``path``: the whole file, or its ``section`` (the file's other sections are then
+    validated as their commands would); ``overrides`` (nested dicts merge) win over the file."""
+    from pydantic import ValidationError
+
+    from raysae.config.base import ConfigError, format_validation_error, read_config_file
+
+    data = read_config_file(path)
+    if section in data:
+        check_other_sections(data, str(path), (section,))
+        data = data[section]
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path))) from err

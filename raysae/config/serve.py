@@ -6,11 +6,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+import os
 
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from raysae.config.autointerp import LOCAL_CHAT_ROUTE, AutointerpMethod
 from raysae.config.base import StrictModel
 from raysae.config.data import ModelConfig
+from raysae.config.graphs import GraphConfig
 from raysae.config.store import StoreConfig
+
+TOKEN_ENV = "RAYSAE_API_TOKEN"
 
 PAGE_SIZE_CEILING = 1000  # the largest max_page_size a server may be configured with
 TOP_N_CEILING = 256  # the largest max_top_n
@@ -63,6 +69,35 @@ class ServeConfig(StrictModel):
     max_cached_models: int = Field(1, ge=1)
     """Loaded language models kept per model replica (least recently used dropped first)."""
 
+    api_token: SecretStr | None = None
+    """Bearer token of the endpoints that write the store or spend compute (graphs, explain); None
+    reads $RAYSAE_API_TOKEN. With neither, those endpoints answer 401 to everyone."""
+    graph_endpoint: bool = True
+    """Deploy the attribution-graph deployment (model + transcoders) behind POST /api/graphs."""
+    graph_replicas: int = Field(1, ge=1)
+    """Replicas of the graph deployment (each holds the model and its transcoders)."""
+    graph_num_cpus: float = Field(0.5, ge=0)
+    """CPUs reserved by each graph replica."""
+    graph_num_gpus: float = Field(0, ge=0)
+    """GPUs reserved by each graph replica."""
+    graph_max_ongoing_requests: int = Field(2, ge=1)
+    """Graphs one replica takes at once (they run one at a time; the rest wait in its queue)."""
+    graph_max_prompt_tokens: int = Field(64, ge=1, le=4096)
+    """Longest prompt (tokens, BOS excluded) a graph request may have; longer ones get 413."""
+    graph_wait_s: float = Field(30.0, ge=0)
+    """How long POST /api/graphs waits for the graph before answering 202 (poll GET /api/graphs/{id})."""
+    graph_defaults: GraphConfig = Field(default_factory=lambda: GraphConfig(max_feature_nodes=1024))
+    """Graph parameters a request does not give, and the memory budget (graph_defaults.memory_budget_gb)."""
+    autointerp: AutointerpMethod = Field(default_factory=AutointerpMethod)
+    """How POST .../explain explains and scores; endpoint.base_url None: the bundled chat deployment."""
+    chat_endpoint: bool = True
+    """Deploy the bundled chat model (OpenAI-compatible, at {route_prefix}/llm/v1) when
+    autointerp.endpoint.base_url is None."""
+    chat_replicas: int = Field(1, ge=1)
+    """Replicas of the chat deployment."""
+    chat_num_cpus: float = Field(0.5, ge=0)
+    """CPUs reserved by each chat replica."""
+
     @field_validator("route_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
@@ -81,6 +116,25 @@ class ServeConfig(StrictModel):
                 f"max_page_size ({self.max_page_size}) exceeds store.max_page_size ({self.store.max_page_size})"
             )
         return self
+
+    def token(self) -> str | None:
+        """The bearer token write endpoints require (config, else $RAYSAE_API_TOKEN); None: none set."""
+        if self.api_token is not None and self.api_token.get_secret_value():
+            return self.api_token.get_secret_value()
+        return os.environ.get(TOKEN_ENV, "").strip() or None
+
+    @property
+    def deploys_chat(self) -> bool:
+        """Whether the bundled chat model is deployed (asked for, and no other endpoint configured)."""
+        return self.chat_endpoint and self.autointerp.endpoint.base_url is None
+
+    def chat_url(self) -> str:
+        """The chat endpoint the explain route calls: the configured one, else the bundled deployment."""
+        if self.autointerp.endpoint.base_url:
+            return self.autointerp.endpoint.base_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        prefix = "" if self.route_prefix == "/" else self.route_prefix
+        return f"http://{host}:{self.port}{prefix}{LOCAL_CHAT_ROUTE}/v1"
 
     @property
     def page_size(self) -> int:

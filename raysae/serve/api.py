@@ -8,96 +8,36 @@ its pages at /docs and /redoc, the feature browser at / and /browser. No ``from 
 annotations`` here: Serve rewrites the route signatures and FastAPI then reads their annotations.
 """
 
-import json
-import math
-from collections.abc import Callable
-from importlib.metadata import version as _package_version
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Body, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from raysae.config.serve import PAGE_SIZE_CEILING, ServeConfig
+from raysae.config.serve import ServeConfig
 from raysae.serve import schemas as m
 from raysae.serve.activations import RequestError
 from raysae.serve.browser import render_browser
-from raysae.store import Store, StoreUnavailableError
-from raysae.store.schema import FEATURE_HEAVY_FIELDS
-from raysae.store.validate import MAX_ID_CHARS, MAX_SKIP, MAX_TEXT_CHARS
-
-T = TypeVar("T")
-# Fields left out of feature summaries (pages and search results): the bulky per-feature arrays.
-HEAVY_FIELDS = FEATURE_HEAVY_FIELDS
-HIDDEN_DICTIONARY_FIELDS = ("path",)
-MAX_INDEX = 2**63 - 1
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and ±inf floats (not JSON) replaced by None, at any depth."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-class FiniteJSONResponse(JSONResponse):
-    """JSON responses in which non-finite floats (e.g. a dead feature's mean) become null."""
-
-    def render(self, content: Any) -> bytes:
-        try:
-            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        except ValueError:
-            text = json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return text.encode("utf-8")
-
-
-app = FastAPI(
-    title="raysae feature browser API",
-    version=_package_version("raysae"),
-    description="Dictionaries, per-feature statistics, top examples, direct logit attribution, "
-    "explanations and scores stored by raysae's analysis jobs; and the most active features of a text.",
-    default_response_class=FiniteJSONResponse,
+from raysae.serve.http import (
+    HookPath,
+    IdPath,
+    IndexPath,
+    Limit,
+    OptionalId,
+    Page,
+    PageSize,
+    SearchText,
+    Skip,
+    app,
+    public_dictionary,
+    store_call,
+    summary,
 )
-
-IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description="Literal id.")]
-HookPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description="Hook point name.")]
-IndexPath = Annotated[int, Path(ge=0, le=MAX_INDEX, description="Feature index in the dictionary.")]
-OptionalId = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_CHARS)]
-Skip = Annotated[int | None, Query(ge=0, le=MAX_SKIP, description="Items to skip (with limit).")]
-Limit = Annotated[
-    int | None,
-    Query(ge=1, le=PAGE_SIZE_CEILING, description="Page size; at most the server's max_page_size."),
-]
-Page = Annotated[int | None, Query(ge=1, le=MAX_SKIP, description="1-based page number (with page_size).")]
-PageSize = Annotated[
-    int | None,
-    Query(ge=1, le=PAGE_SIZE_CEILING, description="Page size; at most the server's max_page_size."),
-]
-SearchText = Annotated[str, Query(min_length=1, max_length=MAX_TEXT_CHARS)]
-
-
-def _store_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call the store; its ValueError (bad input) becomes 422, StoreUnavailableError 503."""
-    try:
-        return fn(*args, **kwargs)
-    except StoreUnavailableError as err:
-        raise HTTPException(503, f"the store is unavailable: {err}") from err
-    except ValueError as err:
-        raise HTTPException(422, str(err)) from err
-
-
-def _summary(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k not in HEAVY_FIELDS}
-
-
-def _public_dictionary(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k not in HIDDEN_DICTIONARY_FIELDS}
+from raysae.serve.write_routes import Bearer, WriteRoutes
+from raysae.store import Store
+from raysae.store.validate import MAX_SKIP
 
 
 @serve.deployment(name="FeatureAPI")
@@ -105,11 +45,17 @@ def _public_dictionary(doc: dict[str, Any]) -> dict[str, Any]:
 class FeatureAPI:
     """The ingress deployment: store lookups here, text queries forwarded to ``ActivationModel``."""
 
-    def __init__(self, config: ServeConfig, model: DeploymentHandle | None = None):
+    def __init__(
+        self,
+        config: ServeConfig,
+        model: DeploymentHandle | None = None,
+        graphs: DeploymentHandle | None = None,
+    ):
         self.config = config
         self.store = Store(config.store)  # connects lazily; an unreachable store answers 503
         self.probe = Store(config.store.model_copy(update={"retries": 0}))  # health: one attempt, no backoff
         self.model = model
+        self.writes = WriteRoutes(self, graphs)
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _page(
@@ -131,7 +77,7 @@ class FeatureAPI:
         return start, n
 
     def _dictionary(self, dictionary_id: str) -> dict[str, Any]:
-        doc = _store_call(self.store.get_dictionary, dictionary_id)
+        doc = store_call(self.store.get_dictionary, dictionary_id)
         if doc is None:
             raise HTTPException(404, f"dictionary {dictionary_id!r} not found")
         return doc
@@ -140,7 +86,7 @@ class FeatureAPI:
     @app.get("/health", response_model=m.Health, tags=["service"])
     def health(self) -> dict[str, Any]:
         """Whether the service runs and its store answers (503 when it does not)."""
-        ping_s = _store_call(self.probe.ping)
+        ping_s = store_call(self.probe.ping)
         return {"status": "ok", "store_ping_ms": ping_s * 1000, "text_endpoint": self.model is not None}
 
     @app.get("/api/dictionaries", response_model=m.DictionaryList, tags=["dictionaries"])
@@ -149,15 +95,15 @@ class FeatureAPI:
     ) -> dict[str, Any]:
         """Dictionary records ordered by id."""
         start, n = self._page(skip, limit, page, page_size)
-        docs = _store_call(self.store.list_dictionaries, skip=start, limit=n)
-        return {"items": [_public_dictionary(d) for d in docs], "skip": start, "limit": n}
+        docs = store_call(self.store.list_dictionaries, skip=start, limit=n)
+        return {"items": [public_dictionary(d) for d in docs], "skip": start, "limit": n}
 
     @app.get("/api/dictionaries/{dictionary_id}", response_model=m.DictionaryDetail, tags=["dictionaries"])
     def get_dictionary(self, dictionary_id: IdPath) -> dict[str, Any]:
         """One dictionary record and the number of feature documents stored now."""
         doc = self._dictionary(dictionary_id)
-        n = _store_call(self.store.count_features, dictionary_id)
-        return {**_public_dictionary(doc), "stored_features": n}
+        n = store_call(self.store.count_features, dictionary_id)
+        return {**public_dictionary(doc), "stored_features": n}
 
     @app.get("/api/dictionaries/{dictionary_id}/features", response_model=m.FeaturePage, tags=["features"])
     def page_features(
@@ -174,7 +120,7 @@ class FeatureAPI:
         """A page of the dictionary's features (of one hook when given), without their bulky arrays."""
         start, n = self._page(skip, limit, page, page_size)
         self._dictionary(dictionary_id)
-        docs = _store_call(
+        docs = store_call(
             self.store.page_features,
             dictionary_id,
             hook,
@@ -184,7 +130,7 @@ class FeatureAPI:
             limit=n,
             summary=True,
         )
-        total = _store_call(self.store.count_features, dictionary_id, hook)
+        total = store_call(self.store.count_features, dictionary_id, hook)
         return {
             "dictionary_id": dictionary_id,
             "hook": hook,
@@ -194,7 +140,7 @@ class FeatureAPI:
             "skip": start,
             "limit": n,
             "next_skip": start + n if start + n < total else None,
-            "items": [_summary(d) for d in docs],
+            "items": [summary(d) for d in docs],
         }
 
     @app.get(
@@ -205,7 +151,7 @@ class FeatureAPI:
     def get_feature(self, dictionary_id: IdPath, hook: HookPath, index: IndexPath) -> dict[str, Any]:
         """Everything stored about one feature: statistics, histogram, top and quantile examples,
         direct logit attribution, explanations and their scores."""
-        doc = _store_call(self.store.get_feature, dictionary_id, hook, index)
+        doc = store_call(self.store.get_feature, dictionary_id, hook, index)
         if doc is None:
             record = self._dictionary(dictionary_id)
             d_sae = record.get("d_sae")
@@ -217,8 +163,8 @@ class FeatureAPI:
             if isinstance(hooks, list) and hooks and hook not in hooks:
                 raise HTTPException(404, f"hook {hook!r} is not one of {dictionary_id!r}'s hooks {hooks}")
             raise HTTPException(404, f"feature {index} of {hook!r} in {dictionary_id!r} has no stored record")
-        explanations = _store_call(self.store.get_explanations, dictionary_id, hook, index)
-        scores = _store_call(self.store.get_scores, dictionary_id, hook, index)
+        explanations = store_call(self.store.get_explanations, dictionary_id, hook, index)
+        scores = store_call(self.store.get_scores, dictionary_id, hook, index)
         return {**doc, "explanations": explanations, "scores": scores}
 
     @app.get("/api/search/tokens", response_model=m.FeatureList, tags=["search"])
@@ -234,7 +180,7 @@ class FeatureAPI:
         _, n = self._page(None, limit, None, None)
         if dictionary_id is not None:
             self._dictionary(dictionary_id)
-        docs = _store_call(
+        docs = store_call(
             self.store.find_features_by_token,
             token,
             dictionary_id=dictionary_id,
@@ -242,7 +188,7 @@ class FeatureAPI:
             limit=n,
             summary=True,
         )
-        return {"items": [_summary(d) for d in docs]}
+        return {"items": [summary(d) for d in docs]}
 
     @app.get("/api/search/explanations", response_model=m.ExplanationList, tags=["search"])
     def search_explanations(
@@ -258,7 +204,7 @@ class FeatureAPI:
         start, n = self._page(skip, limit, None, None)
         if dictionary_id is not None:
             self._dictionary(dictionary_id)
-        docs = _store_call(
+        docs = store_call(
             self.store.search_explanations,
             q,
             dictionary_id=dictionary_id,
@@ -290,6 +236,60 @@ class FeatureAPI:
             return await self.model.top_features.remote(record, query.text, query.top_n, query.include_bos)
         except RequestError as err:
             raise HTTPException(err.status, err.detail) from None
+
+    # ---- write routes (bearer token; bodies in write_routes) ----------------------------------------
+    @app.post(
+        "/api/graphs",
+        response_model=m.GraphState,
+        tags=["graphs"],
+        responses={202: {"model": m.GraphState, "description": "Queued or running: poll `url`."}},
+    )
+    async def create_graph(
+        self, request: Annotated[m.GraphRequest, Body()], response: Response, credentials: Bearer
+    ) -> dict[str, Any]:
+        """Compute (or find) the attribution graph of a prompt through a transcoder; it is stored under
+        its id (a hash of prompt, dictionary and parameters). 200 when done, 202 while queued or running
+        (poll ``url``), 4xx naming bad input, 401 without the bearer token."""
+        return await self.writes.create_graph(request, response, credentials)
+
+    @app.get("/api/graphs", response_model=m.GraphList, tags=["graphs"])
+    def list_graphs(
+        self, dictionary_id: OptionalId = None, skip: Skip = None, limit: Limit = None
+    ) -> dict[str, Any]:
+        """Stored graphs (of one dictionary when given), by id: counts, scores and settings."""
+        return self.writes.list_graphs(dictionary_id, skip, limit)
+
+    @app.get("/api/graphs/{graph_id}", response_model=m.GraphResult, tags=["graphs"])
+    def get_graph(self, graph_id: IdPath) -> dict[str, Any]:
+        """A graph's state, and the stored graph once done (nodes, pruned edges, scores; no adjacency)."""
+        return self.writes.get_graph(graph_id)
+
+    @app.get("/api/graphs/{graph_id}/export", tags=["graphs"])
+    def export_graph(self, graph_id: IdPath) -> dict[str, Any]:
+        """The pruned graph in the JSON schema of circuit-tracer's and Neuronpedia's graph viewer."""
+        return self.writes.export_graph(graph_id)
+
+    @app.post(
+        "/api/features/{dictionary_id}/{hook}/{index}/explain",
+        response_model=m.ExplainResult,
+        tags=["autointerp"],
+    )
+    async def explain(
+        self, dictionary_id: IdPath, hook: HookPath, index: IndexPath, credentials: Bearer
+    ) -> dict[str, Any]:
+        """Explain the feature with the chat endpoint, score the explanation beside a baseline, store
+        both (idempotent: keyed by feature, explainer model and prompt version, scorer), return them.
+        502 when the chat endpoint fails (the feature is marked failed with the reason)."""
+        return await self.writes.explain(dictionary_id, hook, index, credentials)
+
+    @app.get(
+        "/api/features/{dictionary_id}/{hook}/{index}/explanations",
+        response_model=m.FeatureInterpretation,
+        tags=["autointerp"],
+    )
+    def explanations(self, dictionary_id: IdPath, hook: HookPath, index: IndexPath) -> dict[str, Any]:
+        """Every stored explanation of the feature and every score, with per-example predictions."""
+        return self.writes.explanations(dictionary_id, hook, index)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def browser_root(self, request: Request) -> HTMLResponse:

@@ -44,6 +44,10 @@ def _config(args: argparse.Namespace) -> Any:
         data["model"]["name"] = args.model
     if args.no_text_endpoint:
         data["text_endpoint"] = False
+    if args.no_graph_endpoint:
+        data["graph_endpoint"] = False
+    if args.no_chat_endpoint:
+        data["chat_endpoint"] = False
     try:
         config = ServeConfig.model_validate(data)
     except ValidationError as err:
@@ -119,6 +123,12 @@ def serve_command(args: argparse.Namespace) -> int:
         start_local(config)
         url = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
         _say(f"raysae serve: browser {url}/  API docs {url}/docs  (store {config.store.db!r}); Ctrl-C stops")
+        if config.token() is None:
+            _say(
+                "raysae serve: write endpoints (graphs, explain) answer 401: no api_token or RAYSAE_API_TOKEN"
+            )
+        if config.deploys_chat:
+            _say(f"raysae serve: chat model (OpenAI-compatible) at {config.chat_url()}")
         signals.wait()
     except _Stopped:
         pass
@@ -133,6 +143,8 @@ def serve_command(args: argparse.Namespace) -> int:
                 serve.shutdown()
             else:
                 serve.delete(config.app_name)
+                if config.deploys_chat:
+                    serve.delete(f"{config.app_name}-llm")
         finally:
             ray.shutdown()
             signals.restore()
@@ -153,7 +165,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--mongo-uri", default=None, help="MongoDB URI (default: MONGO_URI, the local store)")
     p.add_argument("--db", default=None, help="database name (default: MONGO_DB, else mechinterp)")
     p.add_argument("--model", default=None, help="model for dictionaries whose record names none")
-    p.add_argument("--no-text-endpoint", action="store_true", help="serve store lookups only")
+    p.add_argument("--no-text-endpoint", action="store_true", help="no text → features deployment")
+    p.add_argument("--no-graph-endpoint", action="store_true", help="no attribution-graph deployment")
+    p.add_argument(
+        "--no-chat-endpoint",
+        action="store_true",
+        help="no bundled chat model (explain needs another endpoint)",
+    )
     p.add_argument(
         "--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a new one)"
     )

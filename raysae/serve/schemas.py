@@ -113,3 +113,65 @@ class TextFeatures(BaseModel):
     top_n: int
     n_tokens: int
     tokens: list[TokenFeatures]
+
+
+# ---- attribution graphs and explanations (write endpoints) -------------------------------------------
+class GraphRequest(BaseModel):
+    """A graph to compute: the prompt, the transcoder, and any parameters that differ from the server's
+    defaults (``graph_defaults``); the graph's id hashes all three, so asking again is free."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=MAX_BODY_TEXT)
+    dictionary_id: str = Field(
+        min_length=1, max_length=1024, description="A CLT, or per-layer transcoders' ids joined by '+'."
+    )
+    max_n_logits: int | None = Field(None, ge=1, le=1000)
+    desired_logit_prob: float | None = Field(None, gt=0, le=1)
+    max_feature_nodes: int | None = Field(None, ge=1, le=1_000_000)
+    node_threshold: float | None = Field(None, ge=0, le=1)
+    edge_threshold: float | None = Field(None, ge=0, le=1)
+    bos_features: bool | None = None
+    wait: bool = Field(True, description="Wait up to the server's graph_wait_s before answering 202.")
+
+    def parameters(self) -> dict[str, object]:
+        """The graph parameters this request sets."""
+        names = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "node_threshold")
+        names += ("edge_threshold", "bos_features")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+
+class GraphState(BaseModel):
+    """Where a requested graph stands: queued, running, done or failed (with the reason)."""
+
+    graph_id: str
+    status: str
+    error: str | None = None
+    seconds: float | None = None
+    url: str = Field(description="Poll here: GET returns this state, then the graph once done.")
+
+
+class GraphResult(GraphState):
+    """A graph's state and, once done, its stored document (without the dense adjacency)."""
+
+    graph: dict | None = None
+
+
+class GraphList(BaseModel):
+    items: list[dict]
+    skip: int
+    limit: int
+
+
+class ExplainResult(BaseModel):
+    """The stored explanation of a feature and the scores of it and of its baseline."""
+
+    explanation: ExplanationDoc
+    scores: list[ScoreDoc]
+    usage: dict[str, int]
+
+
+class FeatureInterpretation(BaseModel):
+    """Every stored explanation of a feature and every score."""
+
+    explanations: list[ExplanationDoc]
+    scores: list[ScoreDoc]

@@ -12,6 +12,7 @@ from raysae.store.models import (
     FeatureDoc,
     FeatureSummary,
     GraphDoc,
+    GraphRequestDoc,
     ScoreDoc,
     StoreDoc,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "FeatureDoc",
     "FeatureSummary",
     "GraphDoc",
+    "GraphRequestDoc",
     "LocalStoreError",
     "LocalStoreServer",
     "LocalStoreStatus",

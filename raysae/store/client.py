@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, TypeVar
 
 import gridfs
@@ -140,10 +140,13 @@ class Store(StoreWrites):
 
         return self._retry(f"reading {collection}", run)
 
-    def _find_one(self, collection: str, query: Document) -> Document | None:
+    def _find_one(
+        self, collection: str, query: Document, projection: Document | None = None
+    ) -> Document | None:
         coll = self.db[collection]
         return self._retry(
-            f"reading {collection}", lambda: resolve_spilled(coll.find_one(query, _NO_ID), self.fs)
+            f"reading {collection}",
+            lambda: resolve_spilled(coll.find_one(query, projection or _NO_ID), self.fs),
         )
 
     def _limit(self, limit: int) -> int:
@@ -263,13 +266,54 @@ class Store(StoreWrites):
         query = {"dictionary_id": v.as_id(dictionary_id, "dictionary_id")}
         return self._find(s.ANALYSES, query, [("analysis_id", 1)], 0, self.config.max_page_size)
 
-    def get_graph(self, graph_id: str) -> Document | None:
-        """One attribution graph (GridFS fields read back), or None."""
-        return self._find_one(s.GRAPHS, {"graph_id": v.as_id(graph_id, "graph_id")})
+    def get_graph(self, graph_id: str, *, exclude: tuple[str, ...] = ()) -> Document | None:
+        """One attribution graph (GridFS fields read back, except the ``exclude`` ones), or None."""
+        projection = {"_id": 0, **{v.as_id(f, "field"): 0 for f in exclude}}
+        query = {"graph_id": v.as_id(graph_id, "graph_id")}
+        return self._find_one(s.GRAPHS, query, projection)
+
+    def get_graph_request(self, graph_id: str) -> Document | None:
+        """The state of a graph asked for over HTTP (``GraphRequestDoc``), or None."""
+        return self._find_one(s.GRAPH_REQUESTS, {"graph_id": v.as_id(graph_id, "graph_id")})
 
     def list_graphs(
         self, dictionary_id: str | None = None, *, skip: int = 0, limit: int = 50
     ) -> list[Document]:
-        """Attribution graphs (of one dictionary when given), by id."""
+        """Attribution graphs (of one dictionary when given), by id, without their bulky fields
+        (``GRAPH_HEAVY_FIELDS``: adjacency, node table, pruned edges)."""
         query = {} if dictionary_id is None else {"dictionary_id": v.as_id(dictionary_id, "dictionary_id")}
-        return self._find(s.GRAPHS, query, [("graph_id", 1)], v.as_skip(skip), self._limit(limit))
+        projection = {"_id": 0, **{f: 0 for f in s.GRAPH_HEAVY_FIELDS}}
+        return self._find(s.GRAPHS, query, [("graph_id", 1)], v.as_skip(skip), self._limit(limit), projection)
+
+    def iter_explanations(
+        self, dictionary_id: str, explainer: str | None = None, *, fields: list[str] | None = None
+    ) -> Iterator[Document]:
+        """Every explanation of a dictionary (of one explainer when given), by (hook, index), fetched
+        page by page; ``fields`` limits what is read (identity fields always come back)."""
+        query: Document = {"dictionary_id": v.as_id(dictionary_id, "dictionary_id")}
+        if explainer is not None:
+            query["explainer"] = v.as_id(explainer, "explainer")
+        return self._iter(s.EXPLANATIONS, query, fields)
+
+    def iter_scores(
+        self, dictionary_id: str, explainer: str | None = None, *, fields: list[str] | None = None
+    ) -> Iterator[Document]:
+        """Every score of a dictionary (of one explainer when given), by (hook, index, scorer), paged."""
+        query: Document = {"dictionary_id": v.as_id(dictionary_id, "dictionary_id")}
+        if explainer is not None:
+            query["explainer"] = v.as_id(explainer, "explainer")
+        return self._iter(s.SCORES, query, fields)
+
+    def _iter(self, collection: str, query: Document, fields: list[str] | None) -> Iterator[Document]:
+        identity = s.IDENTITY[collection]
+        projection = None
+        if fields is not None:
+            projection = {"_id": 0, **{f: 1 for f in (*identity, *(v.as_id(f, "field") for f in fields))}}
+        sort = [(f, 1) for f in identity]
+        page, skip = self.config.max_page_size, 0
+        while True:
+            docs = self._find(collection, query, sort, skip, page, projection)
+            yield from docs
+            if len(docs) < page:
+                return
+            skip += page

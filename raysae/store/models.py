@@ -163,6 +163,10 @@ class ExplanationDoc(StoreDoc):
     index: int
     explainer: str
     explanation: str
+    status: str | None = Field(None, description='autointerp: "ok" | "failed" (explanation then "").')
+    error: str | None = Field(None, description="Why the explainer failed (no credentials in it).")
+    explainer_model: str | None = Field(None, description="The chat model that wrote it.")
+    prompt_version: str | None = Field(None, description="Version of the explainer prompt.")
 
 
 class ScoreDoc(StoreDoc):
@@ -176,6 +180,16 @@ class ScoreDoc(StoreDoc):
     explainer: str
     scorer: str
     score: float
+    status: str | None = Field(None, description='autointerp: "ok" | "failed" (score then NaN).')
+    error: str | None = None
+    scorer_model: str | None = None
+    prompt_version: str | None = Field(None, description="Version of the scorer prompt.")
+    baseline: bool | None = Field(None, description="True: the score of a random (baseline) explanation.")
+    balanced_accuracy: float | None = None
+    auroc: float | None = Field(None, description="From logprobs' P(1); null without logprobs.")
+    predictions: list[dict[str, Any]] | None = Field(
+        None, description="Per example: activating, prediction (0/1), probability; scores recompute from it."
+    )
 
 
 class GraphDoc(StoreDoc):
@@ -184,3 +198,16 @@ class GraphDoc(StoreDoc):
     graph_id: str | None = None
     dictionary_id: str | None = None
     prompt: str | None = None
+
+
+class GraphRequestDoc(StoreDoc):
+    """The state of a graph asked for over HTTP; identity ``graph_id`` (the graph's own id), so asking
+    twice for the same graph is one request. ``status``: queued → running → done | failed."""
+
+    graph_id: str | None = None
+    dictionary_id: str | None = None
+    status: str = Field(description='"queued", "running", "done" or "failed".')
+    error: str | None = Field(None, description="Why the graph failed (a user error's message).")
+    prompt: str | None = None
+    parameters: dict[str, Any] | None = None
+    seconds: float | None = Field(None, description="Compute time of the graph, once done.")

@@ -27,8 +27,10 @@ ANALYSES = "analyses"
 EXPLANATIONS = "explanations"
 SCORES = "scores"
 GRAPHS = "graphs"
-COLLECTIONS = (DICTIONARIES, FEATURES, ANALYSES, EXPLANATIONS, SCORES, GRAPHS)
+GRAPH_REQUESTS = "graph_requests"
+COLLECTIONS = (DICTIONARIES, FEATURES, ANALYSES, EXPLANATIONS, SCORES, GRAPHS, GRAPH_REQUESTS)
 BLOB_BUCKET = "blobs"
+GRAPH_HEAVY_FIELDS = ("adjacency", "nodes", "pruned_nodes", "pruned_edges")
 
 FEATURE_IDENTITY = ("dictionary_id", "hook", "index")
 IDENTITY: dict[str, tuple[str, ...]] = {
@@ -38,6 +40,7 @@ IDENTITY: dict[str, tuple[str, ...]] = {
     EXPLANATIONS: (*FEATURE_IDENTITY, "explainer"),
     SCORES: (*FEATURE_IDENTITY, "explainer", "scorer"),
     GRAPHS: ("graph_id",),
+    GRAPH_REQUESTS: ("graph_id",),
 }
 
 FREQUENCY = "frequency"
@@ -73,6 +76,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     EXPLANATIONS: [_identity_index(EXPLANATIONS)],
     SCORES: [_identity_index(SCORES)],
     GRAPHS: [_identity_index(GRAPHS), IndexModel([(_ID, 1), ("graph_id", 1)], name="by_dictionary")],
+    GRAPH_REQUESTS: [_identity_index(GRAPH_REQUESTS)],
     f"{BLOB_BUCKET}.files": [
         IndexModel([("metadata.key", 1)], name="by_owner"),
         IndexModel([("metadata.dictionary_id", 1)], name="by_dictionary"),

@@ -26,6 +26,7 @@ from raysae.store.models import (
     ExplanationDoc,
     FeatureDoc,
     GraphDoc,
+    GraphRequestDoc,
     ScoreDoc,
     StoreDoc,
 )
@@ -38,6 +39,7 @@ MODELS: dict[str, type[StoreDoc]] = {
     s.EXPLANATIONS: ExplanationDoc,
     s.SCORES: ScoreDoc,
     s.GRAPHS: GraphDoc,
+    s.GRAPH_REQUESTS: GraphRequestDoc,
 }
 
 
@@ -209,6 +211,11 @@ class StoreWrites:
             body["dictionary_id"] = v.as_id(dictionary_id, "dictionary_id")
         self._upsert_many(s.GRAPHS, [({"graph_id": v.as_id(graph_id, "graph_id")}, body)])
 
+    def upsert_graph_request(self, graph_id: str, doc: Body) -> None:
+        """Record the state of a requested graph (merged into what is stored)."""
+        body = dict(_mapping(doc, GraphRequestDoc))
+        self._upsert_many(s.GRAPH_REQUESTS, [({"graph_id": v.as_id(graph_id, "graph_id")}, body)])
+
     def delete_stale_features(self, dictionary_id: str, hooks: Sequence[str], d_sae: int) -> int:
         """Delete the dictionary's feature documents that a fresh analysis no longer writes: those whose
         hook is not in ``hooks`` or whose index is >= ``d_sae`` (an earlier, differently shaped run),
@@ -242,7 +249,7 @@ class StoreWrites:
         interrupted delete can simply be repeated."""
         d = v.as_id(dictionary_id, "dictionary_id")
         counts: dict[str, int] = {}
-        for name in (s.FEATURES, s.ANALYSES, s.EXPLANATIONS, s.SCORES, s.GRAPHS):
+        for name in (s.FEATURES, s.ANALYSES, s.EXPLANATIONS, s.SCORES, s.GRAPHS, s.GRAPH_REQUESTS):
             coll = self.db[name]
             counts[name] = self._retry(
                 f"deleting {name} of {d}",

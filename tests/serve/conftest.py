@@ -10,7 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_data import D_SAE, HOOK, Server, fill_store, import_builder, yaml_app_args
+from fake_openai import FakeServer, FakeState
+from serve_data import (
+    D_SAE,
+    HOOK,
+    TOKEN,
+    Server,
+    fill_store,
+    fill_write_data,
+    import_builder,
+    save_clt,
+    yaml_app_args,
+)
 
 from raysae.config.store import StoreConfig
 from raysae.store import Store, find_free_port
@@ -30,8 +41,18 @@ def saved_dictionary(tmp_root: Path) -> Path:
 
 
 @pytest.fixture(scope="package")
-def server(ray_session: None, mongo_uri: str, saved_dictionary: Path) -> Iterator[Server]:
-    """The application from jobs/serve_config.yaml (store args pointed at a fresh database)."""
+def fake_llm() -> Iterator[FakeServer]:
+    """The deterministic OpenAI-protocol server the explain endpoint calls."""
+    with FakeServer(FakeState()) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def server(
+    ray_session: None, mongo_uri: str, saved_dictionary: Path, tmp_root: Path, fake_llm: FakeServer
+) -> Iterator[Server]:
+    """The application from jobs/serve_config.yaml (store args pointed at a fresh database; a bearer
+    token; the explain endpoint pointed at ``fake_llm``)."""
     from ray import serve
 
     from raysae.serve.app import build_app
@@ -40,17 +61,36 @@ def server(ray_session: None, mongo_uri: str, saved_dictionary: Path) -> Iterato
     db = f"test_serve_{uuid.uuid4().hex[:12]}"
     store = Store.connect(StoreConfig(uri=mongo_uri, db=db, retries=2, retry_backoff_s=0.2))
     fill_store(store, saved_dictionary)
+    fill_write_data(store, save_clt(tmp_root / "serve-clt"))
     port = find_free_port("127.0.0.1")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         import_path, args = yaml_app_args()
         args.update(mongo_uri=mongo_uri, db=db, max_page_size=20, max_text_chars=300, max_text_tokens=40)
+        args.update(
+            api_token=TOKEN,
+            graph_max_prompt_tokens=12,
+            graph_wait_s=120,
+            graph_defaults={"max_feature_nodes": 32, "batch_size": 16, "memory_budget_gb": 0.12},
+            autointerp={
+                "endpoint": {
+                    "base_url": fake_llm.url,
+                    "model": "fake-model",
+                    "retries": 1,
+                    "backoff_s": 0.01,
+                    "cache": False,
+                },
+                "explainer": {"top_examples": 6, "examples_per_quantile": 0},
+                "scorer": {"n_activating": 4, "n_non_activating": 4, "examples_per_prompt": 4},
+            },
+        )
         serve.run(import_builder(import_path)(args), name="main", route_prefix="/", blocking=False)
         down = parse(
             {
                 "mongo_uri": f"mongodb://127.0.0.1:{find_free_port('127.0.0.1')}/?directConnection=true",
                 "store": {"retries": 0, "server_selection_timeout_ms": 300, "connect_timeout_ms": 300},
                 "text_endpoint": False,
+                "graph_endpoint": False,
             }
         )
         serve.run(build_app(down), name="down", route_prefix="/down", blocking=False)

@@ -133,3 +133,82 @@ def yaml_app_args() -> tuple[str, dict[str, Any]]:
 def import_builder(import_path: str) -> Any:
     module, attr = import_path.split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+# ---- write endpoints: a transcoder for graphs, a dictionary whose features can be explained ----------
+TOKEN = "test-token-0123456789"
+CLT_ID = "clt-l01"
+EXPLAIN_ID = "explain-dict"
+EXPLAIN_HOOK = "blocks.2.hook_resid_post"
+EXPLAIN_WORDS = (" cat", " river", " seven", " blue")  # the word each feature of EXPLAIN_ID fires on
+
+
+def save_clt(folder: Path) -> Path:
+    """A random TopK CLT on SmolLM2's MLPs 0 and 1 (attribution needs only its shapes and weights)."""
+    import torch
+
+    import raysae
+
+    torch.manual_seed(1)
+    cfg = {
+        "architecture": "clt",
+        "d_model": 576,
+        "d_sae": 64,
+        "act_fn": "topk",
+        "top_k": 4,
+        "hook_points_in": ["blocks.0.ln2.hook_out", "blocks.1.ln2.hook_out"],
+        "hook_points_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"],
+    }
+    return raysae.build_dictionary(cfg).save(folder)
+
+
+def _example(window_id: int, word: str, fires: bool) -> dict[str, Any]:
+    tokens = ["The", " old", word if fires else " dog", " was", " here"]
+    acts = [0.0, 0.0, 2.0 if fires else 0.0, 0.1 if fires else 0.0, 0.0]
+    return {
+        "doc_id": window_id,
+        "window_id": window_id,
+        "position": 2,
+        "max_activation": max(acts),
+        "tokens": tokens,
+        "token_ids": list(range(len(tokens))),
+        "activations": acts,
+    }
+
+
+def explain_feature_docs() -> list[dict[str, Any]]:
+    """One feature per word of EXPLAIN_WORDS: 12 activating windows each (own window ids)."""
+    docs = []
+    for i, word in enumerate(EXPLAIN_WORDS):
+        top = [_example(1000 * (i + 1) + j, word, True) for j in range(12)]
+        quantiles = [{"quantile_low": 0.0, "quantile_high": 1.0, "examples": top[10:]}]
+        docs.append(
+            {
+                "index": i,
+                "frequency": 0.01,
+                "max_activation": 2.0,
+                "top_examples": top[:10],
+                "quantile_examples": quantiles,
+            }
+        )
+    return docs
+
+
+def fill_write_data(store: Store, clt_path: Path) -> None:
+    store.upsert_dictionary(
+        CLT_ID,
+        {
+            "architecture": "clt",
+            "hooks_in": ["blocks.0.ln2.hook_out", "blocks.1.ln2.hook_out"],
+            "hooks_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"],
+            "d_model": 576,
+            "d_sae": 64,
+            "layers": 2,
+            "path": str(clt_path),
+            "model": "smollm2-135m-instruct",
+        },
+    )
+    store.upsert_dictionary(
+        EXPLAIN_ID, {"architecture": "sae", "hooks_in": [EXPLAIN_HOOK], "hooks": [EXPLAIN_HOOK], "d_sae": 4}
+    )
+    store.upsert_features(EXPLAIN_ID, EXPLAIN_HOOK, explain_feature_docs())

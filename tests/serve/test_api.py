@@ -6,7 +6,18 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from serve_data import D_SAE, DICT_ID, HOOK, LITERAL_ID, N_FEATURES, NAN_INDEX, RICH_INDEX, feature_docs
+from serve_data import (
+    CLT_ID,
+    D_SAE,
+    DICT_ID,
+    EXPLAIN_ID,
+    HOOK,
+    LITERAL_ID,
+    N_FEATURES,
+    NAN_INDEX,
+    RICH_INDEX,
+    feature_docs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +72,7 @@ def test_list_and_get_dictionaries(client):
     r = client.get("/api/dictionaries")
     assert r.status_code == 200
     ids = [d["dictionary_id"] for d in r.json()["items"]]
-    assert ids == sorted([DICT_ID, "empty-dict", LITERAL_ID])
+    assert ids == sorted([DICT_ID, "empty-dict", LITERAL_ID, CLT_ID, EXPLAIN_ID])
     assert all("path" not in d for d in r.json()["items"])  # server paths are not published
     page = client.get("/api/dictionaries", params={"page": 2, "page_size": 1}).json()
     assert [d["dictionary_id"] for d in page["items"]] == [sorted(ids)[1]] and page["skip"] == 1

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def _cli(port: int, mongo_uri: str, db: str, tmp: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)  # set by the test session's ray.init; the CLI would join that cluster
     cmd = [sys.executable, "-m", "raysae.serve.commands", "serve", "--port", str(port)]
-    cmd += ["--mongo-uri", mongo_uri, "--db", db, "--no-text-endpoint", "--num-cpus", "1"]
+    cmd += ["--mongo-uri", mongo_uri, "--db", db, "--no-text-endpoint", "--num-cpus", "2"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -91,31 +92,43 @@ def test_cli_serves_until_signal(server, mongo_uri):
     port = find_free_port("127.0.0.1")
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths have a limit
     proc = _cli(port, mongo_uri, server.db, ray_tmp)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         deadline, r = time.monotonic() + 150, None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-                if r.status_code == 200:
+                if r.status_code == 200 and any("Ctrl-C stops" in line for line in lines):
                     break
             except httpx.TransportError:
                 pass
             time.sleep(1)
         if r is None or r.status_code != 200:
             proc.kill()
-            pytest.fail(f"raysae serve did not come up:\n{proc.communicate()[0][-3000:]}")
+            reader.join(timeout=10)
+            pytest.fail(f"raysae serve did not come up:\n{''.join(lines)[-3000:]}")
         assert r.json()["text_endpoint"] is False
         items = httpx.get(f"http://127.0.0.1:{port}/api/dictionaries", timeout=30).json()["items"]
         assert DICT_ID in [d["dictionary_id"] for d in items]
+        # the bundled chat model is its own application under /llm (no other endpoint configured)
+        models = httpx.get(f"http://127.0.0.1:{port}/llm/v1/models", timeout=60).json()
+        assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
+        r = httpx.post(f"http://127.0.0.1:{port}/api/graphs", json={"prompt": "a", "dictionary_id": "x"})
+        assert r.status_code == 401  # no token configured: writes are refused
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
+        reader.join(timeout=10)
+        output = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, output[-3000:]
     assert "SIGTERM, shutting down" in output and "stopped" in output
+    assert "write endpoints (graphs, explain) answer 401" in output, output
     assert not _port_open(port)
 
 

@@ -205,10 +205,13 @@ def test_delete_dictionary_cascades(store):
         store.upsert_score(d, HOOK, 0, "e", "s", 1.0)
         store.upsert_analysis(d, "a", {})
         store.upsert_graph(f"g-{d}", {"nodes": []}, dictionary_id=d)
+        store.upsert_graph_request(f"g-{d}", {"status": "done", "dictionary_id": d})
     counts = store.delete_dictionary("d1")
     assert counts == {
-        "features": 4, "analyses": 1, "explanations": 1, "scores": 1, "graphs": 1, "blobs": 0, "dictionaries": 1
+        "features": 4, "analyses": 1, "explanations": 1, "scores": 1, "graphs": 1, "graph_requests": 1,
+        "blobs": 0, "dictionaries": 1,
     }  # fmt: skip
+    assert store.get_graph_request("g-d1") is None and store.get_graph_request("g-d2")["status"] == "done"
     assert [d["dictionary_id"] for d in store.list_dictionaries()] == ["d2"]
     assert store.count_features("d2") == 4 and store.get_explanations("d2", HOOK, 0)
     assert store.delete_dictionary("d1")["dictionaries"] == 0  # repeatable

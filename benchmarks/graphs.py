@@ -1,0 +1,123 @@
+"""Attribution graphs on the bundled SmolLM2: seconds per graph vs prompt length and max_feature_nodes,
+and targets per backward (one at a time vs batched).
+
+    .venv/bin/python benchmarks/graphs.py --layers 0 1 2 3 --d-sae 2048 --lengths 8 16 32 --nodes 64 256
+
+The transcoder is a randomly initialised CLT (``build_dictionary``; TopK, nothing trained) on the
+given layers, reading ``ln2.hook_out``; the other layers are pure error nodes. With random features the
+scores say little about a real transcoder; the timings and node/edge counts are what this measures.
+Prints one table row per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from raysae.config.data import ModelConfig
+from raysae.config.graphs import GraphConfig
+from raysae.dictionaries import build_dictionary
+from raysae.graphs.attribution import AttributionContext
+from raysae.graphs.compute import compute_graph
+from raysae.graphs.transcoders import TranscoderSet
+from raysae.lm.model import LanguageModel
+
+TEXT = (
+    "The capital of the state containing Dallas is Austin, and the capital of France is Paris. "
+    "Every morning the baker opens the shop before sunrise and sells fresh bread to the neighbours"
+)
+
+
+def random_clt(lm: LanguageModel, layers: list[int], d_sae: int, k: int, seed: int = 0) -> TranscoderSet:
+    torch.manual_seed(seed)
+    clt = build_dictionary(
+        {
+            "architecture": "clt",
+            "d_model": lm.d_model,
+            "d_sae": d_sae,
+            "act_fn": "topk",
+            "top_k": k,
+            "hook_points_in": [f"blocks.{i}.ln2.hook_out" for i in layers],
+            "hook_points_out": [f"blocks.{i}.hook_mlp_out" for i in layers],
+        },
+        device=lm.device,
+    )
+    return TranscoderSet(clt, lm.n_layers)
+
+
+def prompt_of(lm: LanguageModel, n_tokens: int) -> torch.Tensor:
+    ids = lm.to_tokens(TEXT)[0]
+    if n_tokens > len(ids):
+        raise SystemExit(f"the benchmark text has {len(ids)} tokens; ask for at most that many")
+    return ids[:n_tokens]
+
+
+def per_backward(lm: LanguageModel, tc: TranscoderSet, tokens: torch.Tensor, n: int, batch: int) -> float:
+    """Seconds per target for ``n`` feature targets, ``batch`` per backward."""
+    ctx = AttributionContext(lm, tc, tokens, bos_features=False)
+    index = torch.arange(min(n, ctx.n_active), device=ctx.active.device)
+    ctx.build_pass(batch)
+    start = time.perf_counter()
+    for s in range(0, len(index), batch):
+        ctx.rows(ctx.feature_targets(index[s : s + batch]))
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / max(1, len(index))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--layers", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--d-sae", type=int, default=2048)
+    p.add_argument("--top-k", type=int, default=16)
+    p.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--nodes", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy host)"
+    )
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    lm = LanguageModel.from_config(ModelConfig(device=args.device))
+    tc = random_clt(lm, args.layers, args.d_sae, args.top_k)
+    print(
+        f"{lm.name} on {lm.device}; random CLT on layers {args.layers}, d_sae={args.d_sae}, top_k={args.top_k}"
+    )
+    header = "tokens  max_nodes  features  nodes  edges  pruned_nodes  pruned_edges  repl  compl  p_repl  p_compl  seconds"
+    print(header)
+    for n_tokens in args.lengths:
+        tokens = prompt_of(lm, n_tokens)
+        for max_nodes in args.nodes:
+            cfg = GraphConfig(max_feature_nodes=max_nodes, batch_size=args.batch, memory_budget_gb=64)
+            compute_graph(lm, tc, tokens, cfg, "random-clt") if n_tokens == args.lengths[
+                0
+            ] and max_nodes == args.nodes[0] else None
+            g = compute_graph(lm, tc, tokens, cfg, "random-clt")
+            r, s = g.prune_result, g.scores
+            print(
+                f"{n_tokens:6d}  {max_nodes:9d}  {g.layout.n_features:8d}  {g.layout.n_nodes:5d}  "
+                f"{int((g.adjacency != 0).sum()):5d}  {int(r.node_mask.sum()):12d}  {int(r.edge_mask.sum()):12d}  "
+                f"{s['replacement_score']:.3f}  {s['completeness_score']:.3f}  {s['pruned_replacement_score']:.3f}  "
+                f"{s['pruned_completeness_score']:.3f}  {g.seconds:7.2f}"
+            )
+    tokens = prompt_of(lm, args.lengths[-1])
+    n = args.batch * 2
+    one = per_backward(lm, tc, tokens, n, 1)
+    many = per_backward(lm, tc, tokens, n, args.batch)
+    print(f"targets per backward ({args.lengths[-1]} tokens, {n} feature targets): ")
+    print(
+        f"  1 per backward: {one * 1e3:.2f} ms/target; {args.batch} per backward: {many * 1e3:.2f} ms/target "
+        f"({one / many:.1f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
