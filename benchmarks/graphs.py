@@ -6,14 +6,20 @@ and targets per backward (one at a time vs batched).
 The transcoder is a randomly initialised CLT (``build_dictionary``; TopK, nothing trained) on the
 given layers, reading ``ln2.hook_out``; the other layers are pure error nodes. With random features the
 scores say little about a real transcoder; the timings and node/edge counts are what this measures.
-Prints one table row per run.
+Prints one table row per run, then targets per backward (one vs batched), then the Ray job
+(``raysae.graphs.job.run_graphs``) over ``--job-prompts`` prompts with 1 and 2 replicas: prompts per
+second and the ratio (on a machine with fewer free cores than replicas the ratio stays near 1: the
+graphs are compute-bound).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -24,6 +30,7 @@ from raysae.config.graphs import GraphConfig
 from raysae.dictionaries import build_dictionary
 from raysae.graphs.attribution import AttributionContext
 from raysae.graphs.compute import compute_graph
+from raysae.graphs.job import run_graphs
 from raysae.graphs.transcoders import TranscoderSet
 from raysae.lm.model import LanguageModel
 
@@ -70,6 +77,48 @@ def per_backward(lm: LanguageModel, tc: TranscoderSet, tokens: torch.Tensor, n: 
     return (time.perf_counter() - start) / max(1, len(index))
 
 
+def job_rate(
+    lm: LanguageModel, tc: TranscoderSet, n_prompts: int, n_tokens: int, replicas: list[int]
+) -> None:
+    """Prompts per second of the Ray graphs job with each replica count, on the same prompts."""
+    import ray
+
+    from raysae.dictionaries import save_dictionary
+    from raysae.ray_session import ensure_ray
+
+    words = TEXT.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "clt"
+        save_dictionary(tc.dictionaries[0], folder)
+        prompts = Path(tmp) / "prompts.jsonl"
+        lines = [" ".join(words[i % 7 : i % 7 + n_tokens // 2]) for i in range(n_prompts)]
+        prompts.write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in enumerate(lines)))
+        started = ensure_ray(None)
+        try:
+            rates = {}
+            for r in replicas:
+                cfg = GraphConfig(
+                    dictionaries=[str(folder)],
+                    prompts=str(prompts),
+                    output_dir=str(Path(tmp) / f"out{r}"),
+                    max_feature_nodes=256,
+                    batch_size=64,
+                    replicas=r,
+                    cpus_per_replica=max(0.5, (ray.cluster_resources().get("CPU", 2) - 0.5) / r),
+                    memory_budget_gb=64,
+                )
+                res = run_graphs(cfg, use_ray=True)
+                rates[r] = len(res.graph_ids) / res.seconds
+                print(
+                    f"  ray job, {r} replica(s): {len(res.graph_ids)} graphs in {res.seconds:.1f} s = {rates[r]:.3f} prompts/s (model load included)"
+                )
+            base = rates[replicas[0]]
+            print("  ratio to 1 replica: " + ", ".join(f"{r}: {rates[r] / base:.2f}x" for r in replicas))
+        finally:
+            if started:
+                ray.shutdown()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -82,6 +131,8 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy host)"
     )
+    p.add_argument("--job-prompts", type=int, default=8, help="prompts of the Ray job part (0 skips it)")
+    p.add_argument("--job-replicas", type=int, nargs="+", default=[1, 2])
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,6 +168,9 @@ def main() -> None:
         f"  1 per backward: {one * 1e3:.2f} ms/target; {args.batch} per backward: {many * 1e3:.2f} ms/target "
         f"({one / many:.1f}x)"
     )
+    if args.job_prompts:
+        print(f"ray job over {args.job_prompts} prompts:")
+        job_rate(lm, tc, args.job_prompts, args.lengths[0], args.job_replicas)
 
 
 if __name__ == "__main__":
