@@ -72,7 +72,9 @@ def quickstart(args: argparse.Namespace) -> int:
 
 def _settings_models() -> list[type[StrictModel]]:
     from raysae.config.analysis import AnalysisConfig
+    from raysae.config.autointerp import AutointerpConfig
     from raysae.config.evaluation import EvalConfig
+    from raysae.config.graphs import GraphConfig
     from raysae.config.run import TrainCLTSettings, TrainCrossCoderSettings, TrainSAESettings
     from raysae.config.serve import ServeConfig
     from raysae.config.store import StoreConfig
@@ -84,6 +86,8 @@ def _settings_models() -> list[type[StrictModel]]:
         EvalConfig,
         StoreConfig,
         AnalysisConfig,
+        GraphConfig,
+        AutointerpConfig,
         ServeConfig,
     ]
 
