@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "raysae.graphs.commands",
     "raysae.autointerp.commands",
     "raysae.serve.commands",
+    "raysae.report",
 ]
 
 

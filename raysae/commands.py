@@ -8,6 +8,7 @@ from pathlib import Path
 
 from raysae.commandline import reports_user_errors
 from raysae.config.base import StrictModel, field_reference, read_config_file
+from raysae.console import add_verbose_flag
 from raysae.files import atomic_write_json
 
 QUICKSTART_CONFIG = Path(__file__).parent / "quickstart.yaml"
@@ -20,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="output folder (default: runs/quickstart)")
     p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for the evaluation")
+    add_verbose_flag(p)
     p.set_defaults(func=quickstart)
     p = sub.add_parser("config-docs", help="print the configuration reference as Markdown")
     p.set_defaults(func=config_docs)
@@ -38,35 +40,29 @@ def quickstart_settings(out: str | None = None):
 @reports_user_errors("quickstart")
 def quickstart(args: argparse.Namespace) -> int:
     """Local Ray, bundled model and corpus: stream, train on 2 workers, export, evaluate, report."""
-    import ray
-
     from raysae.config.evaluation import EvalConfig
+    from raysae.console import command_console
     from raysae.dictionaries import load_dictionary
     from raysae.eval.commands import format_table
     from raysae.eval.evaluate import evaluate
-    from raysae.ray_session import ensure_ray
-    from raysae.train.ray_train import train
+    from raysae.report import write_report
+    from raysae.train.commands import train_with_progress, training_summary
 
     settings = quickstart_settings(args.out)
     t0 = time.perf_counter()
-    ensure_ray(None)
-    try:
-        result = train(settings)
-    finally:
-        ray.shutdown()
-    trained = time.perf_counter() - t0
-    cfg = EvalConfig()
-    cfg.activations.total_tokens = args.eval_tokens
-    metrics = evaluate(load_dictionary(result.dictionary_path), cfg)
-    metrics["train_seconds"] = trained
-    metrics["train_tokens"] = result.tokens
-    out = Path(settings.output_dir) / "eval.json"
-    atomic_write_json(out, metrics)
-    print(format_table(metrics))
-    print(
-        f"dictionary: {result.dictionary_path}\nmetrics:    {out}\nhistory:    {Path(settings.output_dir) / 'metrics.jsonl'}"
-    )
-    print(f"total {time.perf_counter() - t0:.0f} s")
+    with command_console("quickstart", verbose=args.verbose, folder=settings.output_dir) as console:
+        result = train_with_progress(console, settings)
+        trained = time.perf_counter() - t0
+        cfg = EvalConfig()
+        cfg.activations.total_tokens = args.eval_tokens
+        metrics = evaluate(load_dictionary(result.dictionary_path), cfg)
+        metrics["train_seconds"] = trained
+        metrics["train_tokens"] = result.tokens
+        out = Path(settings.output_dir) / "eval.json"
+        atomic_write_json(out, metrics)
+        report = write_report(settings.output_dir)  # after eval.json: the page shows the evaluation
+        print(format_table(metrics))
+        console.summary([*training_summary(result, report), ("evaluation", out)])
     return 0
 
 

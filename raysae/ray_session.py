@@ -1,14 +1,34 @@
-"""Joining or starting Ray the same way in every raysae command."""
+"""Joining or starting Ray the same way in every raysae command, loudly or quietly.
+
+Quietly (inside ``ray_output_to(path)``, which ``raysae.console`` opens unless ``--verbose``), Ray's
+output goes to a log file instead of the terminal: the worker stdout/stderr Ray forwards to the driver
+(Train's per-report dumps, Ray Data's execution plans, actor tracebacks, C++ warnings), the driver's
+``ray*`` loggers, and Python warnings raised inside Ray's own modules. Ray Data's progress bars are
+switched off: they redraw thousands of times and the command draws its own. Exceptions are untouched:
+they reach the terminal through the command.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+_TQDM_MAGIC = "__ray_tqdm_magic_token__"  # ray.experimental.tqdm_ray.RAY_TQDM_MAGIC, without its import
+_active: RayOutputFile | None = None  # set by ray_output_to(); read by ensure_ray()
 
 
-def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
+def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a private local cluster; returns True when this
     call initialised Ray (so the caller shuts it down). A private local cluster turns token auth off
-    (``RAY_AUTH_MODE=disabled``, unless set): nothing else can reach it, and no token file is written."""
+    (``RAY_AUTH_MODE=disabled``, unless set): nothing else can reach it, and no token file is written.
+    Inside ``ray_output_to(path)`` Ray's output goes to that file."""
     import ray
 
     if ray.is_initialized():
@@ -17,5 +37,171 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     if address is None and not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         address = "local"  # always a new cluster, never a stray one found on this machine
+    quiet = _active
+    if quiet is not None:
+        quiet.before_init()
+        init_kwargs.setdefault("log_to_driver", True)  # forwarded, then routed to the file below
     ray.init(address=address, **init_kwargs)
+    if quiet is not None:
+        quiet.after_init()
     return True
+
+
+@contextlib.contextmanager
+def ray_output_to(path: str | Path) -> Iterator[RayOutputFile]:
+    """Within the block, Ray's output goes to ``path`` (appended) instead of the terminal."""
+    global _active
+    sink = RayOutputFile(Path(path))
+    previous, _active = _active, sink
+    try:
+        sink.start()
+        yield sink
+    finally:
+        _active = previous
+        sink.stop()
+
+
+class RayOutputFile:
+    """One log file for everything Ray would print in this process; ``stop`` undoes every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._handler: logging.Handler | None = None
+        self._swapped: list[tuple[logging.Logger, logging.Handler]] = []
+        self._showwarning = warnings.showwarning
+        self._data_flags: dict[str, bool] = {}
+
+    def start(self) -> None:
+        import sys
+
+        self._handler = _ToFile(self)
+        self._showwarning = warnings.showwarning
+        warnings.showwarning = self._show_warning
+        self._route_ray_loggers()
+        if "ray.data" in sys.modules:
+            self._quiet_ray_data()
+
+    def stop(self) -> None:
+        import sys
+
+        if "ray" in sys.modules:
+            from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+            if any(h is self._forward for _, h in dispatcher.handlers):  # Ray still up: stop forwarding
+                dispatcher.remove_handler("ray_print_logs")
+        if self._data_flags:
+            import ray.data
+
+            ctx = ray.data.DataContext.get_current()
+            for key, value in self._data_flags.items():
+                setattr(ctx, key, value)
+        warnings.showwarning = self._showwarning
+        for logger, original in reversed(self._swapped):
+            logger.removeHandler(self._handler)  # type: ignore[arg-type]
+            logger.addHandler(original)
+        self._swapped.clear()
+        with self._lock:
+            self._stopped = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def write(self, text: str) -> None:
+        """Append ``text``; the file is created on the first write, so a command that never starts Ray
+        (``--local``) leaves none behind."""
+        with self._lock:
+            if self._file is None:
+                if self._stopped:
+                    return
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8", errors="replace")
+                self._file.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ====\n")
+            self._file.write(text)
+            self._file.flush()
+
+    # ---- hooks of ensure_ray ------------------------------------------------------------------
+    def before_init(self) -> None:
+        """Before ``ray.init``: Ray Data's loggers exist only once it is imported (it adds a console
+        handler then), and its context must be quiet before any dataset copies it."""
+        self._quiet_ray_data()
+        self._route_ray_loggers()
+
+    def after_init(self) -> None:
+        """Replace Ray's printer of forwarded worker output with a writer to the file."""
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", self._forward)
+
+    # ---- the routes ---------------------------------------------------------------------------
+    def _forward(self, data: dict[str, Any]) -> None:
+        """One batch of forwarded worker lines, prefixed as Ray prints them (``(Actor pid=…)``);
+        ``ray.experimental.tqdm_ray`` bar updates are dropped. Runs on Ray's log thread, which an
+        exception would end, so none escapes."""
+        try:
+            name = data.get("actor_name") or data.get("task_name") or ""
+            ip = data.get("ip")
+            where = "" if ip == data.get("localhost") else f", ip={ip}"
+            prefix = f"({name} pid={data.get('pid')}{where}) "
+            lines = [line for line in data.get("lines", []) if _TQDM_MAGIC not in line]
+            if lines:
+                self.write("".join(prefix + line + "\n" for line in lines))
+        except Exception as err:
+            logging.getLogger(__name__).debug("could not write Ray's output: %s", err)
+
+    def _route_ray_loggers(self) -> None:
+        """Swap the terminal handlers of the ``ray`` loggers (``ray``, ``ray.data``, …) for the file."""
+        assert self._handler is not None
+        names = ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]
+        for name in names:
+            logger = logging.getLogger(name)
+            for h in list(logger.handlers):
+                if h is not self._handler and _is_terminal_handler(h):
+                    logger.removeHandler(h)
+                    if self._handler not in logger.handlers:
+                        logger.addHandler(self._handler)
+                    self._swapped.append((logger, h))
+
+    def _quiet_ray_data(self) -> None:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        for key in ("enable_progress_bars", "enable_operator_progress_bars", "print_on_execution_start"):
+            self._data_flags.setdefault(key, getattr(ctx, key))
+            setattr(ctx, key, False)
+
+    def _show_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if f"{os.sep}ray{os.sep}" in str(filename):
+            self.write(warnings.formatwarning(message, category, filename, lineno, line))
+        else:
+            self._showwarning(message, category, filename, lineno, file, line)
+
+
+class _ToFile(logging.Handler):
+    """A logging handler writing through ``RayOutputFile.write`` (one lock, a lazily created file)."""
+
+    def __init__(self, sink: RayOutputFile) -> None:
+        super().__init__()
+        self.sink = sink
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _is_terminal_handler(handler: logging.Handler) -> bool:
+    """Ray's own console handlers (``PlainRayHandler`` writes to whatever ``sys.stderr`` is) and
+    plain stream handlers on stdout/stderr; file handlers stay."""
+    import sys
+
+    if isinstance(handler, logging.FileHandler):
+        return False
+    if type(handler).__name__ == "PlainRayHandler":
+        return True
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)

@@ -10,6 +10,7 @@ from raysae.commandline import reports_user_errors
 from raysae.config.analysis import AnalysisConfig
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
 from raysae.config.run import check_other_sections
+from raysae.console import add_verbose_flag, command_console
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--local", action="store_true", help="one model in this process, without Ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_verbose_flag(p)
     p.set_defaults(func=run_analyze)
 
 
@@ -74,11 +76,13 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     cfg = load_analysis_config(args.config, args)
     check_source(cfg.activations.text)  # in the driver, before Ray starts
-    result = _run(args, cfg)
-    print(
-        f"{result.dictionary_id}: {result.features_written} feature documents from {result.n_tokens} tokens "
-        f"({result.n_windows} windows) in {result.seconds:.1f} s; analysis {result.analysis_id}"
-    )
+    with command_console("analyze", verbose=args.verbose) as console:  # results go to MongoDB
+        result = _run(args, cfg)
+        print(
+            f"{result.dictionary_id}: {result.features_written} feature documents from {result.n_tokens} "
+            f"tokens ({result.n_windows} windows) in {result.seconds:.1f} s; analysis {result.analysis_id}"
+        )
+        console.summary([])
     return 0
 
 

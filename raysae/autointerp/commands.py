@@ -7,6 +7,7 @@ import argparse
 from raysae.commandline import reports_user_errors, standalone_main
 from raysae.config.autointerp import AutointerpConfig
 from raysae.config.run import load_section
+from raysae.console import add_verbose_flag, command_console
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mongo-db", default=None, help="database (default: config, then MONGO_DB)")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_verbose_flag(p)
     p.set_defaults(func=run_command)
 
 
@@ -62,7 +64,8 @@ def run_command(args: argparse.Namespace) -> int:
     from raysae.autointerp.job import run_autointerp
 
     cfg = load_autointerp_config(args.config, args)
-    r = run_autointerp(cfg, progress=not args.no_progress)
+    with command_console("autointerp", verbose=args.verbose):
+        r = run_autointerp(cfg, progress=not args.no_progress)
     u = r.usage
     print(
         f"{cfg.dictionary_id}: {r.features} features; explained {r.explained} (failed {r.explain_failed}, "

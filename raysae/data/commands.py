@@ -10,6 +10,7 @@ from raysae.commandline import reports_user_errors
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
 from raysae.config.data import CacheJobConfig
 from raysae.config.run import check_other_sections
+from raysae.console import add_verbose_flag, command_console
 from raysae.data.sources import check_source
 
 SECTIONS = ("activations", "cache")
@@ -33,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--local", action="store_true", help="one model in this process, without Ray")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_verbose_flag(p)
     p.set_defaults(func=run_cache)
 
 
@@ -52,12 +54,14 @@ def run_cache(args: argparse.Namespace) -> int:
     """Body of ``raysae cache``: 0 on success; a user error is one line and exit code 2."""
     job = load_cache_job(args.config)
     check_source(job.activations.text)  # in the driver, before Ray starts
-    manifest = _write(job, args)
-    size = sum(s.bytes for s in manifest.shards)
-    print(
-        f"{job.cache.dir}: {manifest.rows} activation rows of {len(manifest.hooks)} hook(s) "
-        f"({', '.join(manifest.hooks)}) in {len(manifest.shards)} shards, {size / 2**20:.1f} MiB"
-    )
+    with command_console("cache", verbose=args.verbose, folder=job.cache.dir) as console:
+        manifest = _write(job, args)
+        size = sum(s.bytes for s in manifest.shards)
+        print(
+            f"{job.cache.dir}: {manifest.rows} activation rows of {len(manifest.hooks)} hook(s) "
+            f"({', '.join(manifest.hooks)}) in {len(manifest.shards)} shards, {size / 2**20:.1f} MiB"
+        )
+        console.summary([])
     return 0
 
 

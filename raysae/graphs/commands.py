@@ -7,6 +7,7 @@ import argparse
 from raysae.commandline import reports_user_errors, standalone_main
 from raysae.config.graphs import GraphConfig
 from raysae.config.run import load_section
+from raysae.console import add_verbose_flag, command_console
 from raysae.errors import EXIT_USER_ERROR
 
 
@@ -28,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", default=None, help="folder for viewer JSON files (overrides the config)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--local", action="store_true", help="one model in this process, without Ray")
+    add_verbose_flag(p)
     p.set_defaults(func=run_graphs_command)
 
 
@@ -49,19 +51,20 @@ def run_graphs_command(args: argparse.Namespace) -> int:
 
     cfg = load_graph_config(args.config, args)
     read_prompts(cfg)  # in the driver, before Ray starts
-    if args.local:
-        result = run_graphs(cfg, use_ray=False)
-    else:
-        import ray
+    with command_console("graphs", verbose=args.verbose, folder=cfg.output_dir):
+        if args.local:
+            result = run_graphs(cfg, use_ray=False)
+        else:
+            import ray
 
-        from raysae.ray_session import ensure_ray
+            from raysae.ray_session import ensure_ray
 
-        started = ensure_ray(args.address)
-        try:
-            result = run_graphs(cfg, use_ray=True)
-        finally:
-            if started:
-                ray.shutdown()
+            started = ensure_ray(args.address)
+            try:
+                result = run_graphs(cfg, use_ray=True)
+            finally:
+                if started:
+                    ray.shutdown()
     print(f"{len(result.graph_ids)} graphs written in {result.seconds:.1f} s; {len(result.failed)} failed")
     for prompt_id, error in result.failed:
         print(f"  prompt {prompt_id}: {error}")

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from raysae.config.run import WandbConfig
+from raysae.console import BOARD_KEYS, board_name
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,23 @@ def prometheus_name(key: str) -> str:
 
 
 class RayMetricsSink:
-    """Sets one ``ray.util.metrics.Gauge`` per metric, tagged with the run name and rank."""
+    """Sets one ``ray.util.metrics.Gauge`` per metric, tagged with the run name and rank, and puts
+    the progress bar's metrics on the run's ``ProgressBoard`` when the driver opened one."""
 
     def __init__(self, run_name: str, rank: int = 0):
         self.tags = {"run": run_name, "rank": str(rank)}
         self._gauges: dict[str, Any] = {}
+        self._board = _find_board(run_name)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         from ray.util.metrics import Gauge
+
+        if self._board is not None:
+            try:  # fire and forget: the bar is a view, never a reason to slow or fail training
+                self._board.put.remote({k: float(metrics[k]) for k in BOARD_KEYS if k in metrics})
+            except Exception as err:
+                log.debug("progress board unreachable: %s", err)
+                self._board = None
 
         for key, value in metrics.items():
             gauge = self._gauges.get(key)
@@ -41,6 +51,15 @@ class RayMetricsSink:
                 )
                 self._gauges[key] = gauge
             gauge.set(float(value), tags=self.tags)
+
+
+def _find_board(run_name: str) -> Any:
+    try:
+        import ray
+
+        return ray.get_actor(board_name(run_name)) if ray.is_initialized() else None
+    except Exception:  # no board: a run started without raysae.console
+        return None
 
 
 class WandbSink:
