@@ -25,6 +25,8 @@ RANK = {
     "metrics": 0,
     "_lazy": 0,
     "ray_session": 0,
+    "console": 0,  # quiet Ray output, one progress bar, summaries: every command uses it
+    "report": 0,  # plots of a run folder (reads files only)
     "config": 0,
     # pure building blocks
     "dictionaries": 1,
