@@ -26,25 +26,49 @@ _active: RayOutputFile | None = None  # set by ray_output_to(); read by ensure_r
 
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a private local cluster; returns True when this
-    call initialised Ray (so the caller shuts it down). A private local cluster turns token auth off
-    (``RAY_AUTH_MODE=disabled``, unless set): nothing else can reach it, and no token file is written.
-    Inside ``ray_output_to(path)`` Ray's output goes to that file."""
+    call initialised Ray (so the caller shuts it down). A private local cluster listens on 127.0.0.1 only
+    (``_loopback_node``) and, as nothing else can reach it, turns token auth off (``RAY_AUTH_MODE=disabled``,
+    unless set) so that no token file is written. Inside ``ray_output_to(path)`` Ray's output goes to
+    that file."""
     import ray
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    private = address is None and not os.environ.get("RAY_ADDRESS")
+    if private:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         address = "local"  # always a new cluster, never a stray one found on this machine
     quiet = _active
     if quiet is not None:
         quiet.before_init()
         init_kwargs.setdefault("log_to_driver", True)  # forwarded, then routed to the file below
-    ray.init(address=address, **init_kwargs)
+    loopback = private and "_node_ip_address" not in init_kwargs
+    with _loopback_node() if loopback else contextlib.nullcontext():
+        ray.init(address=address, **init_kwargs)
     if quiet is not None:
         quiet.after_init()
     return True
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Within the block, a new Ray node takes 127.0.0.1 as its IP, so that it listens on loopback only.
+
+    Ray binds the gRPC servers of the GCS, the raylet and every worker (Serve's actors included) to all
+    interfaces unless the node's IP is 127.0.0.1, and then its agents and metrics exporters to that IP.
+    ``ray.init(_node_ip_address="127.0.0.1")`` does not do it: Ray swaps a loopback address for the
+    machine's outward IP unless ``ray._private.ray_constants.ENABLE_RAY_CLUSTER`` is False (what
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets, but only when read at Ray's import, which may be past).
+    Once the node runs, Ray reads its IP from the node, so the flag is restored afterwards."""
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ TOKEN_ENV = "RAYSAE_API_TOKEN"
 
 PAGE_SIZE_CEILING = 1000  # the largest max_page_size a server may be configured with
 TOP_N_CEILING = 256  # the largest max_top_n
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # 1 MiB: a max_text_chars text with room to spare
 
 
 class ServeConfig(StrictModel):
@@ -45,6 +46,13 @@ class ServeConfig(StrictModel):
     """Most tokens (BOS excluded) the text → features endpoint runs through the model; more get 413."""
     max_top_n: int = Field(32, ge=1, le=TOP_N_CEILING)
     """Largest number of features per token a text query may ask for."""
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024, le=1024**3)
+    """Largest request body (bytes) the service reads; larger ones get 413 before any parsing, so a huge
+    JSON body costs no parse time. Raise it with max_text_chars (a character is up to 6 bytes of JSON)."""
+    store_timeout_ms: int = Field(2000, gt=0, le=120_000)
+    """How long a request waits for an unreachable store before its 503: the ingress's store calls make
+    one attempt each, with this server-selection and connect timeout (store's, when shorter).
+    store.retries still applies to jobs and to the graph deployment, which write after minutes of work."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """Model for text queries when a dictionary record names none; its dtype, device and threads also
     apply to the model a record names (record field `model`)."""
@@ -135,6 +143,19 @@ class ServeConfig(StrictModel):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         prefix = "" if self.route_prefix == "/" else self.route_prefix
         return f"http://{host}:{self.port}{prefix}{LOCAL_CHAT_ROUTE}/v1"
+
+    def request_store(self) -> StoreConfig:
+        """The store settings of the service's requests: one attempt, within ``store_timeout_ms``, so
+        that a request to a service whose store is down answers 503 at once instead of after the
+        retries (4 attempts of 5 s by default)."""
+        s = self.store
+        return s.model_copy(
+            update={
+                "retries": 0,
+                "server_selection_timeout_ms": min(s.server_selection_timeout_ms, self.store_timeout_ms),
+                "connect_timeout_ms": min(s.connect_timeout_ms, self.store_timeout_ms),
+            }
+        )
 
     @property
     def page_size(self) -> int:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Body, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -31,12 +31,13 @@ from raysae.serve.http import (
     SearchText,
     Skip,
     app,
+    limit_bodies,
     public_dictionary,
     store_call,
     summary,
 )
 from raysae.serve.write_routes import Bearer, WriteRoutes
-from raysae.store import Store
+from raysae.store import Store, StoreUnavailableError
 from raysae.store.validate import MAX_SKIP
 
 
@@ -52,8 +53,10 @@ class FeatureAPI:
         graphs: DeploymentHandle | None = None,
     ):
         self.config = config
-        self.store = Store(config.store)  # connects lazily; an unreachable store answers 503
-        self.probe = Store(config.store.model_copy(update={"retries": 0}))  # health: one attempt, no backoff
+        # Connects lazily; one attempt per call within store_timeout_ms, so a store that is down costs
+        # a request ~2 s and a 503 that says so, not the jobs' retry chain (~24 s by default).
+        self.store = Store(config.request_store())
+        limit_bodies(config.max_body_bytes)
         self.model = model
         self.writes = WriteRoutes(self, graphs)
 
@@ -83,10 +86,25 @@ class FeatureAPI:
         return doc
 
     # ---- endpoints -------------------------------------------------------------------------------
-    @app.get("/health", response_model=m.Health, tags=["service"])
-    def health(self) -> dict[str, Any]:
-        """Whether the service runs and its store answers (503 when it does not)."""
-        ping_s = store_call(self.probe.ping)
+    @app.get(
+        "/health",
+        response_model=m.Health,
+        tags=["service"],
+        responses={503: {"description": "A dependency is down: `down` names it, `detail` says why."}},
+    )
+    def health(self) -> Any:
+        """Whether the service runs and its store answers; 503 when the store does not, with a body
+        naming it (``down``), the reason (``detail``) and which deployments this service has."""
+        try:
+            ping_s = self.store.ping()
+        except StoreUnavailableError as err:
+            deployments = {
+                "text_endpoint": self.model is not None,
+                "graph_endpoint": self.writes.graphs is not None,
+                "chat_endpoint": self.config.deploys_chat,
+            }
+            body = {"status": "unavailable", "down": ["store"], "detail": f"the store is unavailable: {err}"}
+            return JSONResponse({**body, **deployments}, status_code=503)
         return {"status": "ok", "store_ping_ms": ping_s * 1000, "text_endpoint": self.model is not None}
 
     @app.get("/api/dictionaries", response_model=m.DictionaryList, tags=["dictionaries"])
