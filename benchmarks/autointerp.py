@@ -22,8 +22,8 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-_TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path[:0] = [str(_TESTS), str(_TESTS / "autointerp")]  # the fake server and the toy dictionary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the fake server
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "autointerp"))  # the toy dictionary
 
 from autointerp_data import DICT_ID, HOOK, fill
 from fake_openai import FakeServer, FakeState
