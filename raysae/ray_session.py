@@ -94,7 +94,7 @@ class RayOutputFile:
         self._stopped = False
         self._lock = threading.Lock()
         self._handler: logging.Handler | None = None
-        self._swapped: list[tuple[logging.Logger, logging.Handler]] = []
+        self._saved: dict[logging.Logger, list[logging.Handler]] = {}  # handlers before the swap, in order
         self._showwarning = warnings.showwarning
         self._data_flags: dict[str, bool] = {}
 
@@ -123,10 +123,10 @@ class RayOutputFile:
             for key, value in self._data_flags.items():
                 setattr(ctx, key, value)
         warnings.showwarning = self._showwarning
-        for logger, original in reversed(self._swapped):
-            logger.removeHandler(self._handler)  # type: ignore[arg-type]
-            logger.addHandler(original)
-        self._swapped.clear()
+        for logger, saved in self._saved.items():  # the saved order, plus what others added meanwhile
+            added = [h for h in logger.handlers if h is not self._handler and h not in saved]
+            logger.handlers = [*saved, *added]
+        self._saved.clear()
         with self._lock:
             self._stopped = True
             if self._file is not None:
@@ -184,10 +184,10 @@ class RayOutputFile:
             logger = logging.getLogger(name)
             for h in list(logger.handlers):
                 if h is not self._handler and _is_terminal_handler(h):
+                    self._saved.setdefault(logger, [x for x in logger.handlers if x is not self._handler])
                     logger.removeHandler(h)
                     if self._handler not in logger.handlers:
                         logger.addHandler(self._handler)
-                    self._swapped.append((logger, h))
 
     def _quiet_ray_data(self) -> None:
         import ray.data

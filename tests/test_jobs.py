@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from raysae.autointerp.commands import load_autointerp_config
 from raysae.commands import QUICKSTART_CONFIG
+from raysae.config.base import read_config_file
+from raysae.graphs.commands import load_graph_config
 from raysae.train.commands import load_train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +25,14 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.parametrize("config", sorted((ROOT / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_configs_validate(config):
-    settings = load_train_settings(str(config))
-    assert settings.dictionary.d_model == 576
+    """Each example validates as the command it is for: graphs, autointerp, else training."""
+    sections = read_config_file(str(config))
+    if "graphs" in sections:
+        assert load_graph_config(str(config)).dictionaries
+    elif "autointerp" in sections:
+        assert load_autointerp_config(str(config)).dictionary_id
+    else:
+        assert load_train_settings(str(config)).dictionary.d_model == 576
 
 
 def test_quickstart_config_is_the_embedded_one():
