@@ -52,6 +52,21 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
 
 
 @contextlib.contextmanager
+def ray_started(address: str | None = None, **init_kwargs: Any) -> Iterator[bool]:
+    """``ensure_ray`` for the length of a block: a cluster this call started (or joined) is shut down
+    when the block ends, also on an error; one Ray already initialised in the process is left running.
+    Yields whether this call initialised Ray."""
+    import ray
+
+    started = ensure_ray(address, **init_kwargs)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
 def _loopback_node() -> Iterator[None]:
     """Within the block, a new Ray node takes 127.0.0.1 as its IP, so that it listens on loopback only.
 

@@ -92,13 +92,7 @@ def _run(args: argparse.Namespace, cfg: AnalysisConfig):
     progress = not args.no_progress
     if args.local:
         return analyze(args.checkpoint, cfg, use_ray=False, progress=progress)
-    import ray
+    from raysae.ray_session import ray_started
 
-    from raysae.ray_session import ensure_ray
-
-    started = ensure_ray(args.address)
-    try:
+    with ray_started(args.address):
         return analyze(args.checkpoint, cfg, use_ray=True, progress=progress)
-    finally:
-        if started:
-            ray.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from raysae.commandline import reports_user_errors, standalone_main
 from raysae.config.autointerp import AutointerpConfig
@@ -64,7 +65,12 @@ def run_command(args: argparse.Namespace) -> int:
     from raysae.autointerp.job import run_autointerp
 
     cfg = load_autointerp_config(args.config, args)
-    with command_console("autointerp", verbose=args.verbose):
+    from raysae.ray_session import ray_started
+
+    with (
+        command_console("autointerp", verbose=args.verbose),
+        ray_started() if cfg.use_ray else contextlib.nullcontext(),
+    ):
         r = run_autointerp(cfg, progress=not args.no_progress)
     u = r.usage
     print(

@@ -71,13 +71,7 @@ def _write(job: CacheJobConfig, args: argparse.Namespace):
     progress = not args.no_progress
     if args.local:
         return write_cache(job, use_ray=False, progress=progress)
-    import ray
+    from raysae.ray_session import ray_started
 
-    from raysae.ray_session import ensure_ray
-
-    started = ensure_ray(args.address)
-    try:
+    with ray_started(args.address):
         return write_cache(job, use_ray=True, progress=progress)
-    finally:
-        if started:
-            ray.shutdown()

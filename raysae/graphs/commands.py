@@ -55,16 +55,10 @@ def run_graphs_command(args: argparse.Namespace) -> int:
         if args.local:
             result = run_graphs(cfg, use_ray=False)
         else:
-            import ray
+            from raysae.ray_session import ray_started
 
-            from raysae.ray_session import ensure_ray
-
-            started = ensure_ray(args.address)
-            try:
+            with ray_started(args.address):
                 result = run_graphs(cfg, use_ray=True)
-            finally:
-                if started:
-                    ray.shutdown()
     print(f"{len(result.graph_ids)} graphs written in {result.seconds:.1f} s; {len(result.failed)} failed")
     for prompt_id, error in result.failed:
         print(f"  prompt {prompt_id}: {error}")

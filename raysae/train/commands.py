@@ -58,25 +58,19 @@ def train_with_progress(console: Console, settings: Any):
     """``raysae.train.ray_train.train`` under the console's training bar; shuts down the Ray it started.
     The source and rerun checks that ``train`` makes come first here too, so a bad file fails before
     Ray starts (both are idempotent); Ray must be up before the bar, whose board is an actor."""
-    import ray
 
     from raysae.data.sources import check_source
-    from raysae.ray_session import ensure_ray
+    from raysae.ray_session import ray_started
     from raysae.train.ray_train import train
     from raysae.train.rerun import check_rerun
 
     if settings.cache_path is None:
         check_source(settings.activations.text)
     check_rerun(settings)
-    started = ensure_ray(settings.ray.address)
     total = settings.trainer.total_steps * settings.trainer.batch_size
-    try:
-        with TrainingProgress(console, settings.run_name, total) as progress:
-            result = train(settings)
-            progress.finish(result.tokens)
-    finally:
-        if started:
-            ray.shutdown()
+    with ray_started(settings.ray.address), TrainingProgress(console, settings.run_name, total) as progress:
+        result = train(settings)
+        progress.finish(result.tokens)
     return result
 
 
