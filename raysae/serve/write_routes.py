@@ -58,7 +58,9 @@ class WriteRoutes:
     def __init__(self, api: Any, graphs: DeploymentHandle | None) -> None:
         self.api = api
         self.config: ServeConfig = api.config
-        self.store: Store = api.store
+        self.store: Store = api.store  # reads and checks before compute: one attempt, fail fast
+        # Results written after minutes of compute keep the store's retries, so a blip loses no work.
+        self.result_store = Store(self.config.store)
         self.graphs = graphs
         self._token = self.config.token()
         self._running: dict[str, asyncio.Task] = {}
@@ -202,7 +204,7 @@ class WriteRoutes:
             raise HTTPException(422, f"feature {index} of {hook!r} has no activating examples to explain")
         cfg = self._autointerp_config(dictionary_id)
         pool = await run_in_threadpool(store_call, self._pool, cfg)
-        explained, scores, usage = await explain_and_score(cfg, self.store, (hook, index), pool)
+        explained, scores, usage = await explain_and_score(cfg, self.result_store, (hook, index), pool)
         if explained["status"] != "ok":
             raise HTTPException(502, f"the chat endpoint failed; feature marked failed: {explained['error']}")
         explanation = {**explained, "dictionary_id": dictionary_id, "hook": hook}
