@@ -20,6 +20,10 @@ from raysae.dictionaries import load_dictionary
 
 pytestmark = pytest.mark.slow
 
+# Float32 noise: the replica and the reference batch windows differently, so BLAS sums in another order
+# (observed up to 1.3e-5 relative on activations near 10).
+RTOL, ATOL = 1e-4, 1e-5
+
 
 @contextlib.contextmanager
 def torch_threads(n: int):
@@ -65,18 +69,18 @@ def check_examples(
 ) -> None:
     """Stored examples are the brute-force ones (values within float noise) with the right windows."""
     assert len(got) == len(want)
-    np.testing.assert_allclose([e["max_activation"] for e in got], [v for _, _, v in want], rtol=1e-5)
+    np.testing.assert_allclose([e["max_activation"] for e in got], [v for _, _, v in want], rtol=RTOL)
     kth = want[-1][2] if want else 0.0
     for e, (w, p, v) in zip(got, want, strict=True):
         if e["window_id"] != w:  # only a float-noise near-tie may reorder windows
-            assert abs(e["max_activation"] - v) <= 1e-5 * max(1.0, abs(kth))
+            assert abs(e["max_activation"] - v) <= RTOL * max(1.0, abs(kth))
             continue
         assert e["position"] == p
         tokens, doc_ids = windows[w]
         n = len(e["token_ids"])
         assert e["token_ids"] == tokens[:n].tolist() and (doc_ids[n:] < 0).all()
         assert e["doc_id"] == doc_ids[p]
-        np.testing.assert_allclose(e["activations"], ref.windows[w][:n, g], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(e["activations"], ref.windows[w][:n, g], rtol=RTOL, atol=ATOL)
         assert e["tokens"] == [tok.decode([i]) for i in e["token_ids"]]
 
 
@@ -87,8 +91,8 @@ def check_features(docs: list[dict], ref: Ref, windows, cfg, tok, group_size: in
         assert doc["n_tokens"] == ref.n_tokens
         assert doc["n_fired"] == ref.n_fired[g], g
         assert doc["frequency"] == ref.n_fired[g] / ref.n_tokens
-        assert doc["mean_activation"] == pytest.approx(ref.mean[g], rel=1e-5)
-        assert doc["max_activation"] == pytest.approx(float(ref.max[g]), rel=1e-5)
+        assert doc["mean_activation"] == pytest.approx(ref.mean[g], rel=RTOL)
+        assert doc["max_activation"] == pytest.approx(float(ref.max[g]), rel=RTOL)
         assert doc["histogram"]["edges"] == edges
         assert doc["histogram"]["counts"] == ref.hist[g].tolist()
         check_examples(doc["top_examples"], ref.top[g], ref, g, windows, tok)
@@ -101,7 +105,7 @@ def check_features(docs: list[dict], ref: Ref, windows, cfg, tok, group_size: in
             ranked = sorted(v for _, _, v in ref.sample[g])
             for q, group in enumerate(doc["quantile_examples"]):
                 want = [v for i, v in enumerate(ranked) if i * cfg.quantiles // len(ranked) == q][::-1]
-                np.testing.assert_allclose([e["max_activation"] for e in group["examples"]], want, rtol=1e-5)
+                np.testing.assert_allclose([e["max_activation"] for e in group["examples"]], want, rtol=RTOL)
         else:
             assert doc["quantile_examples"] == [] and doc["top_examples"] == []
 
