@@ -3,7 +3,8 @@
 It "explains" a feature by the most common ``<<marked>>`` text of the prompt, and answers a scoring
 prompt per example: detection says 1 when the explanation's text occurs in the example, fuzzing says 1
 when every marked span contains it. With ``logprobs`` each answer digit gets P(1) = 0.2 (no occurrence),
-0.6 (one) or 0.8 (more), so AUROC is hand-computable too. ``script`` holds faults for the next requests
+0.6 (one) or 0.8 (more), so AUROC is hand-computable too. A one-example prompt whose system prompt
+asks for a "single digit" gets the bare digit (raysae's ``digit`` answer format). ``script`` holds faults for the next requests
 ("429", "500", "malformed", "slow", "400", "401"); ``fail_explain_if`` makes explainer prompts that
 contain a string answer 500 for ever; ``latency_s`` delays every answer.
 """
@@ -143,7 +144,8 @@ def make_handler(state: FakeState) -> type[BaseHTTPRequestHandler]:
                 answer = explain_answer(user)
             else:
                 preds, counts = score_answer(kind, user)
-                answer = "[" + ", ".join(map(str, preds)) + "]"
+                digit = "single digit" in messages[0]["content"]
+                answer = str(preds[0]) if digit else "[" + ", ".join(map(str, preds)) + "]"
                 if body.get("logprobs"):
                     logprobs = {"content": _logprobs(answer, counts)}
             reply = {

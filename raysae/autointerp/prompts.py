@@ -5,6 +5,8 @@ The explainer sees activating windows with the tokens above ``threshold`` x the 
 with their activation normalised to 0-10, and ends its answer with ``[EXPLANATION]: ...``.
 Detection shows plain windows, fuzzing shows windows with marks; both ask for one 0/1 per example as a
 list, and with logprobs each answer digit becomes P(1) = p("1") / (p("0") + p("1")) over the top tokens.
+The ``digit`` answer format shows one example per prompt and reads P(1) from the first answer token, for
+small models that do not keep the list format.
 
 Newlines inside tokens are shown as ``\\n`` so that one example is one line (the parsers of a scoring
 answer and any simple server read examples line by line). The version strings are part of the stored
@@ -22,7 +24,12 @@ from dataclasses import dataclass, field
 from raysae.errors import RaysaeError
 
 EXPLAIN_VERSION = "explain-v1"
-SCORER_VERSIONS = {"detection": "detection-v1", "fuzzing": "fuzzing-v1"}
+SCORER_VERSIONS = {
+    ("detection", "list"): "detection-v1",
+    ("fuzzing", "list"): "fuzzing-v1",
+    ("detection", "digit"): "detection-digit-v1",
+    ("fuzzing", "digit"): "fuzzing-digit-v1",
+}
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 _SPECIAL = re.compile(r"^<\|?[^<>\s]*\|?>$")
 
@@ -140,35 +147,49 @@ def parse_explanation(text: str) -> str:
     return found[:500]
 
 
-_ANSWER_FORMAT = (
-    "Answer with only a list of 0s and 1s, one per example in order, for example [1, 0, 0, 1, 0] "
-    "for five examples; 1 means yes."
-)
-SCORER_SYSTEM = {
+_ANSWER_FORMAT = {
+    "list": (
+        "Answer with only a list of 0s and 1s, one per example in order, for example [1, 0, 0, 1, 0] "
+        "for five examples; 1 means yes."
+    ),
+    "digit": "Answer with a single digit: 1 for yes, 0 for no.",
+}
+_TASK = {
     "detection": (
         "You are an intelligent and meticulous linguist. You are given an explanation of a feature of a "
         "language model and text examples. Decide, for each example, whether the feature as explained "
-        "activates anywhere in it. " + _ANSWER_FORMAT
+        "activates anywhere in it. "
     ),
     "fuzzing": (
         "You are an intelligent and meticulous linguist. You are given an explanation of a feature of a "
         f"language model and text examples in which some tokens are marked {MARK_OPEN}like this"
         f"{MARK_CLOSE}. Decide, for each example, whether the marked tokens are ones the explanation "
-        "describes (the marks are correct). " + _ANSWER_FORMAT
+        "describes (the marks are correct). "
     ),
 }
+SCORER_SYSTEM = {
+    (kind, answer): _TASK[kind] + fmt for kind in _TASK for answer, fmt in _ANSWER_FORMAT.items()
+}
+"""System prompt of each (scorer kind, answer format)."""
 
 
-def scorer_messages(kind: str, explanation: str, windows: Sequence[Window]) -> Messages:
-    """A detection or fuzzing prompt over ``windows`` (fuzzing marks ``window.marks``)."""
-    if kind not in SCORER_SYSTEM:
-        raise ValueError(f"unknown scorer {kind!r}; choose from {sorted(SCORER_SYSTEM)}")
+def scorer_messages(kind: str, explanation: str, windows: Sequence[Window], answer: str = "list") -> Messages:
+    """A detection or fuzzing prompt over ``windows`` (fuzzing marks ``window.marks``); a ``digit``
+    prompt shows one example and ends by asking for the digit, so the answer's first token is it."""
+    if (kind, answer) not in SCORER_SYSTEM:
+        raise ValueError(
+            f"unknown scorer {kind!r} with answer {answer!r}; choose from {sorted(SCORER_SYSTEM)}"
+        )
+    if answer == "digit" and len(windows) != 1:
+        raise ValueError(f"a digit-answer prompt shows one example, got {len(windows)}")
     lines = [f"Explanation: {' '.join(explanation.split())}", ""]
     for n, w in enumerate(windows, 1):
         text = highlight(w.tokens, w.marks) if kind == "fuzzing" else "".join(map(show_token, w.tokens))
         lines.append(f"Example {n}: {text}")
+    if answer == "digit":
+        lines += ["", "Answer (1 or 0):"]
     return [
-        {"role": "system", "content": SCORER_SYSTEM[kind]},
+        {"role": "system", "content": SCORER_SYSTEM[(kind, answer)]},
         {"role": "user", "content": "\n".join(lines)},
     ]
 
@@ -213,3 +234,27 @@ def parse_probabilities(logprobs: Sequence[dict] | None, text: str, n: int) -> l
                 p[d] += math.exp(float(cand["logprob"]))
         probs.append(p["1"] / (p["0"] + p["1"]) if p["0"] + p["1"] > 0 else 0.0)
     return probs if len(probs) == n else None
+
+
+def parse_digit(logprobs: Sequence[dict] | None, text: str) -> tuple[int | None, float | None]:
+    """(prediction, P(1)) of a one-digit answer: P(1) = p("1") / (p("0") + p("1")) over the first
+    token's top logprobs, prediction 1 when P(1) > 0.5. Neither digit among them: (None, None), an
+    unanswered example (left out of the accuracy, counted beside it). Without logprobs the answer's
+    first character decides (P(1) None); AnswerParseError when it is no digit either."""
+    if logprobs:
+        first = logprobs[0]
+        p = {"0": 0.0, "1": 0.0}
+        for cand in first.get("top_logprobs") or [
+            {"token": first.get("token", ""), "logprob": first.get("logprob")}
+        ]:
+            d = _digit(cand.get("token", "").strip())
+            if d is not None and cand.get("logprob") is not None:
+                p[d] += math.exp(float(cand["logprob"]))
+        if p["0"] + p["1"] == 0:
+            return None, None
+        p1 = p["1"] / (p["0"] + p["1"])
+        return int(p1 > 0.5), p1
+    head = (text or "").strip()[:1]
+    if head not in ("0", "1"):
+        raise AnswerParseError(f"expected a single 0 or 1, got {(text or '')[:80]!r}")
+    return int(head), None

@@ -105,7 +105,7 @@ def scoring_samples(
     threshold: float,
     rng: random.Random,
 ) -> list[list[Window]]:
-    """Shuffled prompts of ``scorer.examples_per_prompt`` windows. Fuzzing marks activating windows where
+    """Shuffled prompts of ``scorer.prompt_size`` windows. Fuzzing marks activating windows where
     they fire (above ``threshold`` x max) and each non-activating one at the marked positions of a random
     activating window (delphi's default fuzzing), cut to the window's length."""
     items = []
@@ -119,7 +119,7 @@ def scoring_samples(
             marks = [p for p in rng.choice(positions) if p < len(w.tokens)] or [len(w.tokens) // 2]
         items.append(Window(w.tokens, w.activations, w.window_id, w.source, False, marks))
     rng.shuffle(items)
-    k = scorer.examples_per_prompt
+    k = scorer.prompt_size
     return [items[i : i + k] for i in range(0, len(items), k)]
 
 

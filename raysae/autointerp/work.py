@@ -19,6 +19,7 @@ from raysae.autointerp.prompts import (
     SCORER_VERSIONS,
     Window,
     explainer_messages,
+    parse_digit,
     parse_explanation,
     parse_predictions,
     parse_probabilities,
@@ -36,6 +37,7 @@ from raysae.config.autointerp import AutointerpConfig
 from raysae.store import Store
 
 TOP_LOGPROBS = 5
+DIGIT_TOP_LOGPROBS = 20  # OpenAI's maximum: a weak model may rank "0"/"1" below words like "The"
 
 
 def explainer_id(cfg: AutointerpConfig) -> str:
@@ -45,7 +47,8 @@ def explainer_id(cfg: AutointerpConfig) -> str:
 
 def scorer_id(cfg: AutointerpConfig, kind: str, baseline: bool = False) -> str:
     """Stored scorer identity: kind, prompt version, model; ``:baseline`` for the random explanation."""
-    return f"{kind}:{SCORER_VERSIONS[kind]}:{cfg.endpoint.model}" + (":baseline" if baseline else "")
+    version = SCORER_VERSIONS[(kind, cfg.scorer.answer)]
+    return f"{kind}:{version}:{cfg.endpoint.model}" + (":baseline" if baseline else "")
 
 
 def feature_seed(seed: int, hook: str, index: int) -> int:
@@ -117,16 +120,21 @@ async def _classify(
     """Per-example predictions of every prompt (one request per prompt, all at once); tokens used."""
     s = ctx.cfg.scorer
 
-    async def one(batch: list[Window]) -> tuple[list[int], list[float] | None, Completion]:
-        def parse(c: Completion) -> tuple[list[int], list[float] | None]:
+    digit = s.answer == "digit"
+
+    async def one(batch: list[Window]) -> tuple[list[int | None], list[float | None] | None, Completion]:
+        def parse(c: Completion) -> tuple[list[int | None], list[float | None] | None]:
+            if digit:
+                pred, prob = parse_digit(c.logprobs, c.text)
+                return [pred], [prob]
             preds = parse_predictions(c.text, len(batch))
-            return preds, parse_probabilities(c.logprobs, c.text, len(batch))
+            return preds, parse_probabilities(c.logprobs, c.text, len(batch))  # type: ignore[return-value]
 
         (preds, probs), comp = await ctx.client.complete(
-            scorer_messages(kind, explanation, batch),
+            scorer_messages(kind, explanation, batch, s.answer),
             parse,
-            max_tokens=s.max_tokens,
-            top_logprobs=TOP_LOGPROBS if s.logprobs else None,
+            max_tokens=1 if digit else s.max_tokens,
+            top_logprobs=(DIGIT_TOP_LOGPROBS if digit else TOP_LOGPROBS) if s.logprobs else None,
         )
         return preds, probs, comp
 
@@ -151,17 +159,20 @@ async def _classify(
 
 
 def score_fields(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The scores recomputed from stored per-example predictions (``score`` is balanced accuracy)."""
+    """The scores recomputed from stored per-example predictions (``score`` is balanced accuracy; AUROC
+    of P(1) over the answered examples). Unanswered examples (prediction None) are counted, not scored."""
     labels = [bool(r["activating"]) for r in rows]
     preds = [r["prediction"] for r in rows]
+    answered = [r for r in rows if r["prediction"] is not None]
     bal = balanced_accuracy(labels, preds)
     return {
         "score": bal,
         "balanced_accuracy": bal,
         "accuracy": accuracy(labels, preds),
-        "auroc": auroc(labels, [r["probability"] for r in rows]),
+        "auroc": auroc([bool(r["activating"]) for r in answered], [r["probability"] for r in answered]),
         "n_activating": sum(labels),
         "n_non_activating": len(labels) - sum(labels),
+        "n_answered": len(answered),
     }
 
 
@@ -202,7 +213,7 @@ async def score_feature(
                 "scorer": sid,
                 "scorer_kind": kind,
                 "scorer_model": cfg.endpoint.model,
-                "prompt_version": SCORER_VERSIONS[kind],
+                "prompt_version": SCORER_VERSIONS[(kind, s.answer)],
                 "explanation": text,
                 "baseline": is_base,
             }

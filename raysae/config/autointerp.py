@@ -87,8 +87,13 @@ class ScorerConfig(StrictModel):
     """Held-out activating windows per feature (quantile-sampled ones first, never the shown ones)."""
     n_non_activating: int = Field(10, ge=1)
     """Non-activating windows per feature, taken from other features' stored examples."""
-    examples_per_prompt: int = Field(5, ge=1, le=50)
-    """Examples in one scoring prompt; the model answers with one 0/1 per example."""
+    answer: Literal["list", "digit"] = "list"
+    """How the scorer answers. ``list`` (delphi's): several examples per prompt, the answer is a list of
+    0/1s. ``digit``: one example per prompt and a one-token answer; the prediction is P("1") > P("0")
+    among the first token's top logprobs, so a small model that cannot keep a list format (SmolLM2-135M
+    writes prose) still gives a prediction for every example. Needs an endpoint with logprobs."""
+    examples_per_prompt: int | None = Field(None, ge=1, le=50)
+    """Examples in one scoring prompt (``list`` answers); None: 5 for ``list``, 1 for ``digit``."""
     logprobs: bool = True
     """Ask for top logprobs to turn each 0/1 into P(1) for AUROC (endpoints without logprobs: null AUROC)."""
     max_tokens: int = Field(60, gt=0)
@@ -99,6 +104,24 @@ class ScorerConfig(StrictModel):
     but wrong explanation scores), random words from the job's example tokens, or none."""
     seed: int = 0
     """Seed of window choice, shuffling, fuzzing positions and baseline pairing."""
+
+    @model_validator(mode="after")
+    def _check_answer(self) -> ScorerConfig:
+        if self.answer == "digit" and not self.logprobs:
+            raise ValueError("scorer answer 'digit' reads the answer from logprobs: set logprobs: true")
+        if self.answer == "digit" and self.examples_per_prompt not in (None, 1):
+            raise ValueError(
+                f"scorer answer 'digit' shows one example per prompt; examples_per_prompt is "
+                f"{self.examples_per_prompt} (leave it out, or use answer: list)"
+            )
+        return self
+
+    @property
+    def prompt_size(self) -> int:
+        """Examples per scoring prompt."""
+        if self.examples_per_prompt is not None:
+            return self.examples_per_prompt
+        return 1 if self.answer == "digit" else 5
 
 
 class AutointerpMethod(StrictModel):

@@ -113,6 +113,27 @@ def test_failing_feature_is_marked_and_retried(make_cfg, toy_store, fake):
     assert {d["status"] for d in toy_store.get_scores(DICT_ID, HOOK, 1)} == {"ok"}
 
 
+def test_digit_answers_give_the_list_answers_scores(make_cfg, toy_store, fake):
+    """One example per prompt, the prediction read from the first token's logprobs: the same
+    hand-computed scores as the list format, and a scorer identity of its own."""
+    cfg = make_cfg(scorer={"answer": "digit", "kinds": ["detection"]})
+    r = run_autointerp(cfg, toy_store, progress=False)
+    assert r.scored == len(WORDS) * 2 and r.score_failed == 0
+    assert scorer_id(cfg, "detection") == "detection:detection-digit-v1:fake-model"
+    requests = [q["body"] for q in fake.state.requests if q["kind"] == "detection"]
+    assert {q["max_tokens"] for q in requests} == {1} and {q["top_logprobs"] for q in requests} == {20}
+    for f in range(len(WORDS)):
+        real = next(d for d in toy_store.get_scores(DICT_ID, HOOK, f) if not d["baseline"])
+        assert real["prompt_version"] == "detection-digit-v1" and real["n_answered"] == 16
+        assert len({p["prompt"] for p in real["predictions"]}) == 16  # one example per prompt
+        if f == MIXED:
+            assert real["score"] == pytest.approx((5 / 8 + 1) / 2)
+            assert real["auroc"] == pytest.approx((5 * 1 + 3 * 0.5) / 8)
+        else:
+            assert real["score"] == 1.0 and real["auroc"] == 1.0
+        assert score_fields(real["predictions"])["score"] == real["score"]
+
+
 def test_endpoint_without_logprobs_gives_null_auroc(make_cfg, toy_store):
     cfg = make_cfg(scorer={"logprobs": False, "kinds": ["detection"], "baseline": "random_words"})
     r = run_autointerp(cfg, toy_store, progress=False)

@@ -3,7 +3,6 @@ float64 forward pass, stop strings, bad requests, and one small autointerp run a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import httpx
@@ -93,7 +92,7 @@ def test_autointerp_against_smollm2(chat_url, make_cfg, toy_store):
         max_features=2,
         endpoint={"base_url": chat_url, "model": "smollm2", "timeout_s": 120, "retries": 1},
         explainer={"max_tokens": 24, "top_examples": 4},
-        scorer={"n_activating": 4, "n_non_activating": 4, "examples_per_prompt": 4, "max_tokens": 16},
+        scorer={"n_activating": 4, "n_non_activating": 4, "answer": "digit"},
     )
     r = run_autointerp(cfg, toy_store, progress=False)
     assert r.explained + r.explain_failed == 2 and r.usage.completion_tokens > 0
@@ -103,11 +102,10 @@ def test_autointerp_against_smollm2(chat_url, make_cfg, toy_store):
         assert d["status"] in ("ok", "failed") and (d["explanation"] or d["error"])
     for f in (0, 1):
         for s in toy_store.get_scores("toy-sae", "blocks.0.hook_resid_post", f):
-            assert s["status"] in ("ok", "failed")
-            if s["status"] == "ok":
-                assert 0 <= s["score"] <= 1 and (s["auroc"] is None or 0 <= s["auroc"] <= 1)
-            else:
-                assert math.isnan(s["score"]) and s["error"]
+            # digit answers: SmolLM2 puts "0"/"1" among its top-20 first tokens, so every example is
+            # answered (the list format it does not keep; see the autointerp notes in README)
+            assert s["status"] == "ok" and s["n_answered"] == 8, s.get("error")
+            assert 0 <= s["score"] <= 1 and 0 <= s["auroc"] <= 1
 
 
 def test_chat_model_as_a_serve_deployment(ray_session, chat_url):

@@ -14,6 +14,7 @@ from raysae.autointerp.prompts import (
     explainer_messages,
     highlight,
     marked_positions,
+    parse_digit,
     parse_explanation,
     parse_predictions,
     parse_probabilities,
@@ -66,6 +67,31 @@ def test_scorer_prompts_show_marks_only_for_fuzzing():
     assert fuzz[1]["content"] == "Explanation: cats\n\nExample 1: The<< cat>>"
     with pytest.raises(ValueError, match="unknown scorer"):
         scorer_messages("simulation", "x", [w])
+    digit = scorer_messages("fuzzing", "cats", [w], "digit")
+    assert digit[1]["content"] == "Explanation: cats\n\nExample 1: The<< cat>>\n\nAnswer (1 or 0):"
+    assert digit[0]["content"].endswith("Answer with a single digit: 1 for yes, 0 for no.")
+    assert "[1, 0, 0, 1, 0]" in fuzz[0]["content"] and "[1, 0" not in digit[0]["content"]
+    with pytest.raises(ValueError, match="one example"):
+        scorer_messages("detection", "x", [w, w], "digit")
+
+
+def test_parse_digit_from_the_first_token():
+    def first(*top):
+        return [
+            {
+                "token": top[0][0],
+                "logprob": math.log(top[0][1]),
+                "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top],
+            }
+        ]
+
+    # a weak model's first token may be a word; the digits among the top tokens still decide
+    assert parse_digit(first(("The", 0.5), ("1", 0.3), (" 0", 0.1)), "The") == (1, pytest.approx(0.75))
+    assert parse_digit(first(("0", 0.6), ("1", 0.2)), "0") == (0, pytest.approx(0.25))
+    assert parse_digit(first(("The", 0.9), ("A", 0.1)), "The") == (None, None)  # unanswered
+    assert parse_digit(None, " 1 because") == (1, None)  # no logprobs: the text decides
+    with pytest.raises(AnswerParseError):
+        parse_digit(None, "yes")
 
 
 def test_parse_explanation():

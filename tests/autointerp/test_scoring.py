@@ -92,3 +92,12 @@ def test_fuzzing_marks_negatives_at_activating_positions():
             assert tuple(w.marks) in held_marks
     det = scoring_samples("detection", held, neg, ScorerConfig(), 0.3, random.Random(2))
     assert all(not w.marks for p in det for w in p)
+
+
+def test_digit_answers_show_one_example_per_prompt():
+    assert ScorerConfig().prompt_size == 5 and ScorerConfig(answer="digit").prompt_size == 1
+    assert ScorerConfig(examples_per_prompt=3).prompt_size == 3
+    with pytest.raises(ValueError, match="examples_per_prompt is 5"):
+        ScorerConfig(answer="digit", examples_per_prompt=5)
+    with pytest.raises(ValueError, match="set logprobs: true"):
+        ScorerConfig(answer="digit", logprobs=False)
