@@ -48,7 +48,12 @@ class GraphConfig(StrictModel):
     batch_size: int = Field(256, gt=0)
     """Targets (features or logits) attributed per backward pass, through the batch dimension."""
     update_interval: int = Field(4, gt=0)
-    """Batches between re-rankings of the unvisited features by their influence so far."""
+    """Re-rank the unvisited features by their influence so far after every update_interval ×
+    batch_size visits."""
+    prompts_per_pass: int = Field(1, gt=0)
+    """Prompts of `raysae graphs` attributed together: one frozen pass holds them all (batch_size rows
+    split between them), so each backward carries targets of every one; a graph is the same as alone.
+    Pays where a backward costs little more with more prompts (short prompts, small graphs, GPUs)."""
     bos_features: bool = False
     """Keep features active at the BOS position as nodes. Off (as circuit-tracer's default): their
     output goes to the BOS error node, so the replacement stays exact."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raysae.graphs.replacement import FrozenPass, PromptState, frozen_forward, read_clean
+from raysae.graphs.replacement import PromptState, StackedState, frozen_forward, pad_positions, read_clean
 from raysae.graphs.transcoders import TranscoderSet
 from raysae.lm.model import LanguageModel
 
@@ -72,7 +72,7 @@ class AttributionContext:
             if len(rows):
                 self.encoders[rows] = tc.encoder_vectors(g, idx[rows, 2].to(tc.device)).to(dev, lm.dtype)
         self.blocks = self._decoder_blocks()
-        self.pass_: FrozenPass | None = None
+        self.pass_: SharedPass | None = None
 
     @property
     def n_active(self) -> int:
@@ -126,37 +126,18 @@ class AttributionContext:
 
     def build_pass(self, batch: int) -> None:
         """The retained frozen pass with ``batch`` copies of the prompt, sources as leaves."""
-        expand = lambda t: t.expand(batch, *t.shape).clone().requires_grad_(True)  # noqa: E731
-        self.leaf_embed = expand(self.state.embed)
-        self.leaf_mlp = [expand(s.mlp_out) for s in self.state.layers]
-        sites = dict(zip(self.tc.layers, self.tc.sites, strict=True))
-        with torch.enable_grad():
-            self.pass_ = frozen_forward(self.lm, self.state, self.leaf_embed, self.leaf_mlp, sites)
+        self.pass_ = SharedPass([self], [batch])
 
     def rows(self, targets: Targets, retain: bool = True) -> Tensor:
         """Direct-effect rows ``[n, n_columns]`` of up to ``batch`` targets, in one backward."""
         assert self.pass_ is not None, "build_pass first"
-        n = len(targets.groups)
-        if n > self.leaf_embed.shape[0]:
-            raise ValueError(
-                f"{n} targets in one backward, but the pass was built for {self.leaf_embed.shape[0]}"
-            )
-        batch_rows = torch.arange(n, device=targets.groups.device)
-        outputs, grads = [], []
-        for g in targets.groups.unique().tolist():
-            mask = targets.groups == g
-            out = self.pass_.final_out if g < 0 else self.pass_.reads[self.tc.layers[g]]
-            inject = torch.zeros_like(out)
-            inject[batch_rows[mask], targets.positions[mask]] = targets.vectors[mask].to(out.dtype)
-            outputs.append(out)
-            grads.append(inject)
-        inputs = [self.leaf_embed, *self.leaf_mlp]
-        got = torch.autograd.grad(outputs, inputs, grads, retain_graph=retain, allow_unused=True)
-        zero = torch.zeros_like(self.leaf_embed)
-        g_embed, g_mlp = (
-            (got[0] if got[0] is not None else zero)[:n],
-            [(x if x is not None else zero)[:n] for x in got[1:]],
-        )
+        return self.pass_.rows({0: targets}, retain)[0]
+
+    def rows_from_grads(self, g_embed: Tensor, g_mlp: list[Tensor]) -> Tensor:
+        """Rows ``[n, n_columns]`` from the gradients at this prompt's sources (``[n, T, d]`` each): a
+        feature's edge is its activation × decoder · gradient where it writes, an error's is its
+        vector · gradient, a token's is its embedding · gradient."""
+        n = g_embed.shape[0]
         row = torch.zeros(n, self.n_columns, dtype=self.lm.dtype, device=self.lm.device)
         for layer, p, cols, vecs in self.blocks:
             row.index_add_(1, cols, g_mlp[layer][:, p] @ vecs.T)
@@ -203,4 +184,63 @@ class AttributionContext:
             else:
                 b_enc = self.tc.encoder_bias(g, self.active[k, 2:3].to(self.tc.device))[0].to(out)
                 out[i] = v @ fp.reads[self.tc.layers[g]][0, p] + b_enc
+        return out
+
+
+class SharedPass:
+    """One retained frozen pass whose batch rows are split between prompts (``contexts[i]`` owns
+    ``rows[i]`` rows), so that one backward gives direct-effect rows of several prompts' targets.
+
+    Every prompt's rows see only its own frozen state (``StackedState``); the contexts must share the
+    model and the transcoder set (one replica's). A single context is the plain per-prompt pass."""
+
+    def __init__(self, contexts: list[AttributionContext], rows: list[int]):
+        self.contexts, self.sizes = contexts, rows
+        self.starts = [sum(rows[:i]) for i in range(len(rows))]
+        lm, tc = contexts[0].lm, contexts[0].tc
+        if any(c.lm is not lm or c.tc is not tc for c in contexts):
+            raise ValueError("a shared pass needs one model and one transcoder set")
+        state = StackedState.stack([c.state for c in contexts], rows)
+        self.lm, self.tc, self.n_pos = lm, tc, state.n_pos
+
+        def leaves(per_prompt: list[Tensor]) -> Tensor:
+            padded = [
+                pad_positions(t, state.n_pos).expand(r, -1, -1) for t, r in zip(per_prompt, rows, strict=True)
+            ]
+            return torch.cat(padded).clone().requires_grad_(True)
+
+        self.leaf_embed = leaves([c.state.embed for c in contexts])
+        self.leaf_mlp = [leaves([c.state.layers[i].mlp_out for c in contexts]) for i in range(lm.n_layers)]
+        sites = dict(zip(tc.layers, tc.sites, strict=True))
+        with torch.enable_grad():
+            self.pass_ = frozen_forward(lm, state, self.leaf_embed, self.leaf_mlp, sites)
+
+    def rows(self, chunks: dict[int, Targets], retain: bool = True) -> dict[int, Tensor]:
+        """Rows of each context's targets (``{context index: targets}``, at most its row count each),
+        all in one backward."""
+        injects: dict[int, Tensor] = {}
+        for i, targets in chunks.items():
+            if len(targets) > self.sizes[i]:
+                raise ValueError(
+                    f"{len(targets)} targets in one backward, but the pass holds {self.sizes[i]}"
+                )
+            rows = self.starts[i] + torch.arange(len(targets), device=targets.groups.device)
+            for g in targets.groups.unique().tolist():
+                if g not in injects:
+                    out = self.pass_.final_out if g < 0 else self.pass_.reads[self.tc.layers[g]]
+                    injects[g] = torch.zeros_like(out)
+                mask = targets.groups == g
+                injects[g][rows[mask], targets.positions[mask]] = targets.vectors[mask].to(injects[g].dtype)
+        outputs = [self.pass_.final_out if g < 0 else self.pass_.reads[self.tc.layers[g]] for g in injects]
+        inputs = [self.leaf_embed, *self.leaf_mlp]
+        got = torch.autograd.grad(
+            outputs, inputs, list(injects.values()), retain_graph=retain, allow_unused=True
+        )
+        zero = torch.zeros_like(self.leaf_embed)
+        grads = [x if x is not None else zero for x in got]
+        out = {}
+        for i, targets in chunks.items():
+            a, n, t = self.starts[i], len(targets), self.contexts[i].n_pos
+            g_embed, *g_mlp = (g[a : a + n, :t] for g in grads)
+            out[i] = self.contexts[i].rows_from_grads(g_embed, g_mlp)
         return out

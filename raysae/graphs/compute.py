@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from raysae.config.graphs import GraphConfig
 from raysae.dictionaries import SparseDictionary
-from raysae.graphs.attribution import AttributionContext
-from raysae.graphs.graph import Graph, check_memory, estimate_memory, graph_id
+from raysae.errors import RaysaeError
+from raysae.graphs.attribution import AttributionContext, SharedPass, Targets
+from raysae.graphs.graph import (
+    Graph,
+    GraphMemoryError,
+    MemoryEstimate,
+    check_memory,
+    estimate_memory,
+    graph_id,
+)
 from raysae.graphs.prune import graph_scores, normalize_rows, prune
 from raysae.graphs.transcoders import TranscoderSet
 from raysae.lm.model import LanguageModel
@@ -40,18 +49,21 @@ def partial_influence(rows: Tensor, row_nodes: Tensor, n_logits: int, probabilit
     return total
 
 
-def attribute(
-    ctx: AttributionContext, cfg: GraphConfig, n_visit: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(token ids, probabilities, visited feature indices, rows ``[n_logits + n_visit, n_columns]``,
-    logit rows first, then features in visiting order)."""
+Plan = Generator[Targets, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+def attribution_plan(ctx: AttributionContext, cfg: GraphConfig, n_visit: int, batch: int) -> Plan:
+    """The targets of one prompt, ``batch`` at a time: yields a chunk of targets, receives its rows;
+    returns (token ids, probabilities, visited feature indices, rows ``[n_logits + n_visit,
+    n_columns]``, logit rows first, then features in visiting order). A generator, so that several
+    prompts' chunks can share one backward (``attribute_many``)."""
     ids, probs, logit_targets = ctx.logit_targets(cfg.max_n_logits, cfg.desired_logit_prob)
-    n_logits, bs = len(ids), cfg.batch_size
+    n_logits = len(ids)
     rows = torch.zeros(n_logits + n_visit, ctx.n_columns, dtype=ctx.lm.dtype, device=ctx.lm.device)
     row_nodes = torch.zeros(n_logits + n_visit, dtype=torch.long, device=ctx.lm.device)
-    for s in range(0, n_logits, bs):
-        chunk = logit_targets[s : min(s + bs, n_logits)]
-        rows[s : s + len(chunk)] = ctx.rows(chunk, retain=True)
+    for s in range(0, n_logits, batch):
+        chunk = logit_targets[s : min(s + batch, n_logits)]
+        rows[s : s + len(chunk)] = yield chunk
     filled, visited = n_logits, torch.zeros(ctx.n_active, dtype=torch.bool, device=ctx.lm.device)
     while filled - n_logits < n_visit:
         left = n_visit - (filled - n_logits)
@@ -60,15 +72,40 @@ def attribute(
         else:
             influence = partial_influence(rows[:filled], row_nodes[:filled], n_logits, probs)
             rank = influence[: ctx.n_active].argsort(descending=True, stable=True)
-            pending = rank[~visited[rank]][: min(cfg.update_interval * bs, left)]
-        for s in range(0, len(pending), bs):
-            index = pending[s : s + bs]
-            last = filled + len(index) - n_logits >= n_visit
-            rows[filled : filled + len(index)] = ctx.rows(ctx.feature_targets(index), retain=not last)
+            # re-ranked every update_interval × batch_size visits, whatever the rows per backward: a
+            # prompt sharing a pass visits the features it would visit alone
+            pending = rank[~visited[rank]][: min(cfg.update_interval * cfg.batch_size, left)]
+        for s in range(0, len(pending), batch):
+            index = pending[s : s + batch]
+            rows[filled : filled + len(index)] = yield ctx.feature_targets(index)
             row_nodes[filled : filled + len(index)] = index
             visited[index] = True
             filled += len(index)
     return ids, probs, row_nodes[n_logits:], rows
+
+
+def attribute_many(
+    contexts: list[AttributionContext], plans: list[Plan], rows: list[int]
+) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Run the plans of several prompts on one shared pass (``rows[i]`` batch rows for prompt i): each
+    backward carries the next chunk of every unfinished prompt. The pass is released at the end."""
+    shared = SharedPass(contexts, rows)
+    results: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+    pending: dict[int, Targets] = {}
+    for i, plan in enumerate(plans):
+        try:
+            pending[i] = next(plan)
+        except StopIteration as done:
+            results[i] = done.value
+    while pending:
+        answers = shared.rows(pending)
+        for i, got in answers.items():
+            try:
+                pending[i] = plans[i].send(got)
+            except StopIteration as done:
+                results[i] = done.value
+                del pending[i]
+    return [results[i] for i in range(len(plans))]
 
 
 def assemble(
@@ -87,6 +124,110 @@ def assemble(
     return selected, adjacency
 
 
+@dataclass
+class _Prepared:
+    """One prompt ready to attribute: its text, context, feature budget and set-up timings."""
+
+    text: str
+    ctx: AttributionContext
+    n_visit: int
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _prepare(lm: LanguageModel, tc: TranscoderSet, prompt: str | Tensor, cfg: GraphConfig) -> _Prepared:
+    start = time.perf_counter()
+    tokens = lm.to_tokens(prompt, prepend_bos=cfg.prepend_bos)[0] if isinstance(prompt, str) else prompt
+    text = prompt if isinstance(prompt, str) else lm.tokenizer.decode(tokens.tolist())
+    ctx = AttributionContext(lm, tc, tokens, cfg.bos_features)
+    n_visit = ctx.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, ctx.n_active)
+    return _Prepared(text, ctx, n_visit, start, {"setup": time.perf_counter() - start})
+
+
+def _estimate(lm: LanguageModel, cfg: GraphConfig, n_visit: int, n_pos: int, batch: int) -> MemoryEstimate:
+    hf_cfg = lm.hf_model.config
+    n_heads = hf_cfg.num_attention_heads
+    return estimate_memory(
+        n_features=n_visit,
+        n_layers=lm.n_layers,
+        n_pos=n_pos,
+        n_logits=cfg.max_n_logits,
+        d_model=lm.d_model,
+        n_heads=n_heads,
+        head_dim=getattr(hf_cfg, "head_dim", None) or lm.d_model // n_heads,
+        batch=batch,
+        dtype=lm.dtype,
+    )
+
+
+def _pass_rows(cfg: GraphConfig, prepared: list[_Prepared]) -> list[int]:
+    """Batch rows of each prompt in a shared pass: ``batch_size`` split evenly, no more than it uses."""
+    share = max(1, cfg.batch_size // len(prepared))
+    return [min(share, max(p.n_visit, cfg.max_n_logits)) for p in prepared]
+
+
+def _fits(lm: LanguageModel, cfg: GraphConfig, prepared: list[_Prepared], rows: list[int]) -> MemoryEstimate:
+    """The shared pass's estimate (every prompt's adjacency, the pass at the longest prompt), checked
+    against ``memory_budget_gb`` (``GraphMemoryError`` when over)."""
+    n_pos = max(p.ctx.n_pos for p in prepared)
+    parts = [_estimate(lm, cfg, p.n_visit, n_pos, r) for p, r in zip(prepared, rows, strict=True)]
+    estimate = MemoryEstimate(
+        sum(e.n_nodes for e in parts),
+        sum(e.adjacency_bytes for e in parts),
+        sum(e.activation_bytes for e in parts),
+    )
+    check_memory(estimate, cfg.memory_budget_gb)
+    return estimate
+
+
+def compute_graphs(
+    lm: LanguageModel,
+    transcoder: Transcoder,
+    prompts: Sequence[str | Tensor],
+    cfg: GraphConfig,
+    dictionary_id: str = "",
+) -> list[Graph | RaysaeError]:
+    """The graph of each prompt (or the user error that stopped it: a prompt the model cannot freeze,
+    a graph over ``cfg.memory_budget_gb``). The prompts share one pass, ``batch_size`` rows split
+    between them, so each backward carries targets of all of them; each graph is the one
+    ``compute_graph`` gives alone. Prompts whose shared pass would exceed the budget run one by one."""
+    tc = as_transcoder_set(transcoder, lm)
+    out: list[Graph | RaysaeError | None] = [None] * len(prompts)
+    ready: list[tuple[int, _Prepared]] = []
+    for i, prompt in enumerate(prompts):
+        try:
+            ready.append((i, _prepare(lm, tc, prompt, cfg)))
+        except RaysaeError as err:
+            out[i] = err
+    groups = [ready] if ready else []
+    if len(ready) > 1:
+        try:
+            _fits(lm, cfg, [p for _, p in ready], _pass_rows(cfg, [p for _, p in ready]))
+        except GraphMemoryError:
+            groups = [[item] for item in ready]
+    for group in groups:
+        prepared = [p for _, p in group]
+        rows = _pass_rows(cfg, prepared)
+        try:
+            estimate = _fits(lm, cfg, prepared, rows)
+        except GraphMemoryError as err:
+            for i, _ in group:
+                out[i] = err
+            continue
+        t = time.perf_counter()
+        plans = [attribution_plan(p.ctx, cfg, p.n_visit, r) for p, r in zip(prepared, rows, strict=True)]
+        results = attribute_many([p.ctx for p in prepared], plans, rows)
+        shared_s = time.perf_counter() - t
+        for (i, p), r, got in zip(group, rows, results, strict=True):
+            p.timings["attribution"] = shared_s
+            graph = _finish(lm, tc, cfg, dictionary_id, p, got)
+            graph.scores["memory_estimate_bytes"] = float(estimate.total_bytes)
+            graph.scores["prompts_in_pass"] = float(len(group))
+            graph.scores["rows_in_pass"] = float(r)
+            out[i] = graph
+    return out  # type: ignore[return-value]
+
+
 def compute_graph(
     lm: LanguageModel,
     transcoder: Transcoder,
@@ -96,38 +237,27 @@ def compute_graph(
 ) -> Graph:
     """The attribution graph of ``prompt`` (text, or token ids ``[T]``) through ``transcoder``, pruned
     and scored; raises ``GraphMemoryError`` before attributing when over ``cfg.memory_budget_gb``."""
-    start = time.perf_counter()
-    tc = as_transcoder_set(transcoder, lm)
-    tokens = lm.to_tokens(prompt, prepend_bos=cfg.prepend_bos)[0] if isinstance(prompt, str) else prompt
-    text = prompt if isinstance(prompt, str) else lm.tokenizer.decode(tokens.tolist())
-    timings: dict[str, float] = {}
-    ctx = AttributionContext(lm, tc, tokens, cfg.bos_features)
-    n_visit = ctx.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, ctx.n_active)
-    hf_cfg = lm.hf_model.config
-    n_heads = hf_cfg.num_attention_heads
-    batch = min(cfg.batch_size, max(n_visit, cfg.max_n_logits))
-    estimate = estimate_memory(
-        n_features=n_visit,
-        n_layers=lm.n_layers,
-        n_pos=ctx.n_pos,
-        n_logits=cfg.max_n_logits,
-        d_model=lm.d_model,
-        n_heads=n_heads,
-        head_dim=getattr(hf_cfg, "head_dim", None) or lm.d_model // n_heads,
-        batch=batch,
-        dtype=lm.dtype,
-    )
-    check_memory(estimate, cfg.memory_budget_gb)
-    timings["setup"] = time.perf_counter() - start
-    ctx.build_pass(batch)
-    ids, probs, visit_order, rows = attribute(ctx, cfg, n_visit)
-    ctx.pass_ = None  # release the retained graph
-    timings["attribution"] = time.perf_counter() - start - timings["setup"]
+    (got,) = compute_graphs(lm, transcoder, [prompt], cfg, dictionary_id)
+    if isinstance(got, RaysaeError):
+        raise got
+    return got
+
+
+def _finish(
+    lm: LanguageModel,
+    tc: TranscoderSet,
+    cfg: GraphConfig,
+    dictionary_id: str,
+    p: _Prepared,
+    attributed: tuple[Tensor, Tensor, Tensor, Tensor],
+) -> Graph:
+    ids, probs, visit_order, rows = attributed
+    ctx = p.ctx
     selected, adjacency = assemble(ctx, rows, visit_order, len(ids))
     act = ctx.active.clone()
     act[:, 0] = torch.tensor(tc.layers, device=act.device)[act[:, 0]]
     graph = Graph(
-        prompt=text,
+        prompt=p.text,
         tokens=ctx.state.tokens,
         n_layers=lm.n_layers,
         covered_layers=list(tc.layers),
@@ -140,14 +270,13 @@ def compute_graph(
         parameters={**cfg.parameters(), "prepend_bos": cfg.prepend_bos},
         dictionary_id=dictionary_id,
         model_name=lm.name,
-        timings=timings,
+        timings=p.timings,
     )
-    graph.graph_id = graph_id(text, dictionary_id, graph.parameters)
+    graph.graph_id = graph_id(p.text, dictionary_id, graph.parameters)
     t = time.perf_counter()
     prune_and_score(graph, cfg.node_threshold, cfg.edge_threshold)
-    timings["prune"] = time.perf_counter() - t
-    graph.seconds = time.perf_counter() - start
-    graph.scores["memory_estimate_bytes"] = float(estimate.total_bytes)
+    p.timings["prune"] = time.perf_counter() - t
+    graph.seconds = time.perf_counter() - p.started
     return graph
 
 

@@ -83,19 +83,31 @@ class GraphWorker:
             d.check_model_compatible(self.lm.name, self.lm.d_model, self.lm.n_layers)
         self.transcoder = TranscoderSet(dicts, self.lm.n_layers)
 
-    def run(self, item: dict[str, Any]) -> dict[str, Any]:
-        """``{"prompt_id", "graph_id", "doc", "viewer"}``, or ``{"prompt_id", "error"}`` on a user error."""
-        from raysae.graphs.compute import compute_graph
+    def run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per item ``{"prompt_id", "graph_id", "doc", "viewer"}``, or ``{"prompt_id", "error"}`` on a
+        user error; the items share one pass (``compute_graphs``)."""
+        from raysae.graphs.compute import compute_graphs
         from raysae.graphs.export import graph_document, viewer_json
 
-        try:
-            graph = compute_graph(self.lm, self.transcoder, item["prompt"], self.cfg, self.dictionary_id)
-        except RaysaeError as err:
-            return {"prompt_id": item["prompt_id"], "error": str(err)}
+        prompts = [item["prompt"] for item in items]
+        graphs = compute_graphs(self.lm, self.transcoder, prompts, self.cfg, self.dictionary_id)
+        out = []
         tok = self.lm.tokenizer
-        doc = graph_document(graph, tok, prompt_id=item["prompt_id"])
-        viewer = viewer_json(graph, tok) if self.cfg.output_dir else None
-        return {"prompt_id": item["prompt_id"], "graph_id": graph.graph_id, "doc": doc, "viewer": viewer}
+        for item, graph in zip(items, graphs, strict=True):
+            if isinstance(graph, RaysaeError):
+                out.append({"prompt_id": item["prompt_id"], "error": str(graph)})
+                continue
+            doc = graph_document(graph, tok, prompt_id=item["prompt_id"])
+            viewer = viewer_json(graph, tok) if self.cfg.output_dir else None
+            out.append(
+                {"prompt_id": item["prompt_id"], "graph_id": graph.graph_id, "doc": doc, "viewer": viewer}
+            )
+        return out
+
+
+def _groups(cfg: GraphConfig, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    k = cfg.prompts_per_pass
+    return [items[i : i + k] for i in range(0, len(items), k)]
 
 
 def _results_ray(cfg: GraphConfig, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -104,12 +116,20 @@ def _results_ray(cfg: GraphConfig, items: list[dict[str, Any]]) -> Iterator[dict
 
     actor = ray.remote(num_cpus=cfg.cpus_per_replica, num_gpus=cfg.gpus_per_replica)(GraphWorker)
     settings = cfg.model_dump()
-    actors = [actor.remote(settings) for _ in range(min(cfg.replicas, len(items)))]
+    groups = _groups(cfg, items)
+    actors = [actor.remote(settings) for _ in range(min(cfg.replicas, len(groups)))]
     try:
-        yield from ActorPool(actors).map_unordered(lambda a, item: a.run.remote(item), items)
+        for results in ActorPool(actors).map_unordered(lambda a, group: a.run.remote(group), groups):
+            yield from results
     finally:
         for a in actors:
             ray.kill(a)
+
+
+def _results_local(cfg: GraphConfig, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    worker = GraphWorker(cfg)
+    for group in _groups(cfg, items):
+        yield from worker.run(group)
 
 
 def run_graphs(cfg: GraphConfig, *, use_ray: bool = True) -> GraphJobResult:
@@ -130,7 +150,7 @@ def run_graphs(cfg: GraphConfig, *, use_ray: bool = True) -> GraphJobResult:
         out.mkdir(parents=True, exist_ok=True)
     result = GraphJobResult()
     try:
-        results = _results_ray(cfg, items) if use_ray else map(GraphWorker(cfg).run, items)
+        results = _results_ray(cfg, items) if use_ray else _results_local(cfg, items)
         for r in results:
             if "error" in r:
                 log.warning("prompt %s: %s", r["prompt_id"], r["error"])

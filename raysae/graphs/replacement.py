@@ -114,11 +114,18 @@ def _pattern(attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)[0]
 
 
-def _attention(attn: nn.Module, x: Tensor, pattern: Tensor) -> Tensor:
+Pattern = Tensor | list[tuple[int, int, Tensor]]
+"""A prompt's pattern ``[H, T, T]``, or per row segment ``(start, stop, pattern)`` of a shared pass."""
+
+
+def _attention(attn: nn.Module, x: Tensor, pattern: Pattern) -> Tensor:
     """``o_proj(pattern · v_proj(x))`` for ``x`` ``[B, T, d]`` and a constant pattern ``[H, T, T]``.
 
     The batch is folded into the value width (``[H, T, B·head_dim]``) so the pattern is never expanded
-    to ``[B, H, T, T]``: one bmm per block whatever the number of targets in the batch."""
+    to ``[B, H, T, T]``: one bmm per block whatever the number of targets in the batch. A shared pass
+    (rows of several prompts) gives one pattern per segment of rows: one bmm per prompt."""
+    if isinstance(pattern, list):
+        return torch.cat([_attention(attn, x[a:b], p) for a, b, p in pattern])
     b, n, _ = x.shape
     v = attn.v_proj(x).view(b, n, -1, attn.head_dim)  # [B, T, Hkv, hd]
     v = v.repeat_interleave(attn.num_key_value_groups, dim=2)
@@ -126,6 +133,54 @@ def _attention(attn: nn.Module, x: Tensor, pattern: Tensor) -> Tensor:
     v = v.permute(2, 1, 0, 3).reshape(heads, n, b * attn.head_dim)
     out = (pattern @ v).view(heads, n, b, attn.head_dim).permute(2, 1, 0, 3).reshape(b, n, -1)
     return attn.o_proj(out)
+
+
+@dataclass
+class StackedLayer:
+    """One block's frozen values for a shared pass: scales ``[B, T, 1]``, a pattern per row segment."""
+
+    scale1: Tensor
+    pattern: Pattern
+    scale2: Tensor
+
+
+@dataclass
+class StackedState:
+    """The frozen values of several prompts for one pass whose batch rows are split between them
+    (``rows[i]`` rows for prompt i, in order); prompts are right-padded to the longest. A padded
+    position has zero embedding, zero MLP output, zero scales and a zero pattern row and column, and
+    causal attention never reads it from a real position, so it changes no real position's value."""
+
+    layers: list[StackedLayer]
+    final_scale: Tensor
+    n_pos: int
+
+    @classmethod
+    def stack(cls, states: list[PromptState], rows: list[int]) -> StackedState:
+        n = max(s.tokens.shape[0] for s in states)
+        starts = [sum(rows[:i]) for i in range(len(rows))]
+
+        def scales(per_prompt: list[Tensor]) -> Tensor:  # [T_i, 1] per prompt → [B, T, 1]
+            return torch.cat(
+                [pad_positions(t, n).expand(r, n, 1) for t, r in zip(per_prompt, rows, strict=True)]
+            )
+
+        layers = []
+        for i in range(len(states[0].layers)):
+            frozen = [s.layers[i] for s in states]
+            patterns = [
+                (a, a + r, nn.functional.pad(f.pattern, (0, n - f.pattern.shape[-1]) * 2))
+                for a, r, f in zip(starts, rows, frozen, strict=True)
+            ]
+            layers.append(
+                StackedLayer(scales([f.scale1 for f in frozen]), patterns, scales([f.scale2 for f in frozen]))
+            )
+        return cls(layers, scales([s.final_scale for s in states]), n)
+
+
+def pad_positions(t: Tensor, n: int) -> Tensor:
+    """``t`` ``[T, ...]`` with zeros appended along positions up to ``n``."""
+    return torch.cat([t, t.new_zeros(n - t.shape[0], *t.shape[1:])]) if t.shape[0] < n else t
 
 
 @dataclass
@@ -141,7 +196,11 @@ class FrozenPass:
 
 
 def frozen_forward(
-    lm: LanguageModel, state: PromptState, embed: Tensor, mlp_outs: list[Tensor], read_sites: dict[int, str]
+    lm: LanguageModel,
+    state: PromptState | StackedState,
+    embed: Tensor,
+    mlp_outs: list[Tensor],
+    read_sites: dict[int, str],
 ) -> FrozenPass:
     """Run the frozen model on sources: ``embed`` ``[B, T, d]`` and one ``[B, T, d]`` MLP output per layer.
 

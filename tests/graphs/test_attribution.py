@@ -10,7 +10,8 @@ from torch.autograd.functional import jacobian
 
 from raysae.config.graphs import GraphConfig
 from raysae.graphs.attribution import AttributionContext
-from raysae.graphs.compute import compute_graph
+from raysae.graphs.compute import compute_graph, compute_graphs
+from raysae.graphs.graph import GraphMemoryError
 from raysae.graphs.replacement import frozen_forward
 from raysae.graphs.transcoders import TranscoderSet
 
@@ -135,7 +136,7 @@ def test_batched_targets_equal_one_per_backward(lm3):
     ctx.build_pass(1)
     single = torch.cat([ctx.rows(both[i : i + 1]) for i in range(len(both))])
     torch.testing.assert_close(batched, single, atol=1e-13, rtol=0)
-    with pytest.raises(ValueError, match="built for 1"):
+    with pytest.raises(ValueError, match="the pass holds 1"):
         ctx.rows(both)
 
 
@@ -153,3 +154,40 @@ def test_feature_budget_keeps_the_most_influential_and_the_same_edges(lm3):
     weights = full.logit_probabilities[:, None] / direct.sum(1, keepdim=True)
     top = int((direct * weights).sum(0).argmax())
     assert top in sel.tolist()
+
+
+SHARED_PROMPTS = [PROMPT, "A cat", "One two three four five six seven eight"]
+
+
+def test_prompts_sharing_a_pass_get_the_graphs_they_get_alone(lm3):
+    """Three prompts of different lengths on one pass (batch_size split between them, padded to the
+    longest): each graph — visited features, adjacency, pruning, scores — is the one computed alone."""
+    tc = TranscoderSet(random_clt([0, 1, 2]), 3)
+    cfg = GraphConfig(max_feature_nodes=14, batch_size=9, update_interval=1, max_n_logits=4)
+    shared = compute_graphs(lm3, tc, SHARED_PROMPTS, cfg, "test")
+    assert len({int(lm3.to_tokens(p).shape[1]) for p in SHARED_PROMPTS}) == 3
+    for prompt, got in zip(SHARED_PROMPTS, shared, strict=True):
+        alone = compute_graph(lm3, tc, prompt, cfg, "test")
+        assert got.scores["prompts_in_pass"] == 3 and got.scores["rows_in_pass"] == 3
+        assert alone.scores["prompts_in_pass"] == 1 and alone.scores["rows_in_pass"] == 9
+        assert got.graph_id == alone.graph_id and got.layout.n_features == alone.layout.n_features
+        assert torch.equal(got.selected_features, alone.selected_features)
+        torch.testing.assert_close(got.adjacency, alone.adjacency, atol=EXACT, rtol=0)
+        assert torch.equal(got.prune_result.edge_mask, alone.prune_result.edge_mask)
+        for key in ("replacement_score", "completeness_score", "pruned_replacement_score"):
+            assert got.scores[key] == pytest.approx(alone.scores[key], abs=1e-9)
+
+
+def test_shared_pass_over_budget_runs_prompts_alone_and_reports_each_error(lm3):
+    tc = TranscoderSet(random_clt([0, 1, 2]), 3)
+    cfg = GraphConfig(max_feature_nodes=8, batch_size=8)
+    solo = [compute_graph(lm3, tc, p, cfg, "test") for p in SHARED_PROMPTS[:2]]
+    budget = max(g.scores["memory_estimate_bytes"] for g in solo) * 1.001 / 1024**3
+    tight = cfg.model_copy(update={"memory_budget_gb": budget})
+    got = compute_graphs(lm3, tc, SHARED_PROMPTS[:2], tight, "test")
+    assert [g.scores["prompts_in_pass"] for g in got] == [1, 1]  # together they would not fit
+    for g, s in zip(got, solo, strict=True):
+        torch.testing.assert_close(g.adjacency, s.adjacency, atol=EXACT, rtol=0)
+    over = compute_graphs(lm3, tc, SHARED_PROMPTS, tight, "test")  # the longest prompt alone is over
+    assert isinstance(over[2], GraphMemoryError) and "memory_budget_gb" in str(over[2])
+    assert [g.graph_id for g in over[:2]] == [s.graph_id for s in solo]

@@ -64,6 +64,19 @@ def test_in_process_writes_viewer_files(folders, tmp_path):
     assert len(list(tmp_path.glob("*.json"))) == 2
 
 
+def test_prompts_sharing_a_pass_write_the_same_graphs(folders, tmp_path):
+    alone = run_graphs(_cfg(folders, output_dir=str(tmp_path / "alone")), use_ray=False)
+    shared = run_graphs(_cfg(folders, output_dir=str(tmp_path / "shared"), prompts_per_pass=2), use_ray=False)
+    assert sorted(shared.graph_ids) == sorted(alone.graph_ids) and len(alone.graph_ids) == 2
+    for gid in alone.graph_ids:
+        a, b = (json.loads((tmp_path / d / f"{gid}.json").read_text()) for d in ("alone", "shared"))
+        assert [n["node_id"] for n in a["nodes"]] == [n["node_id"] for n in b["nodes"]]
+        weights = {(e["source"], e["target"]): e["weight"] for e in a["links"]}
+        assert {(e["source"], e["target"]) for e in b["links"]} == set(weights)
+        for e in b["links"]:
+            assert e["weight"] == pytest.approx(weights[(e["source"], e["target"])], rel=1e-5, abs=1e-7)
+
+
 def test_failed_prompts_are_reported_and_skipped(folders, tmp_path):
     result = run_graphs(_cfg(folders, output_dir=str(tmp_path), memory_budget_gb=1e-7), use_ray=False)
     assert not result.graph_ids and len(result.failed) == 2
