@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from raysae.autointerp import telemetry
 from raysae.autointerp.client import ChatClient, Completion, EndpointError
 from raysae.autointerp.prompts import (
     EXPLAIN_VERSION,
@@ -111,6 +112,7 @@ async def explain_feature(ctx: Context, hook: str, index: int) -> dict[str, Any]
     except EndpointError as err:
         body = {**base, "explanation": "", "status": "failed", "error": str(err)}
     await asyncio.to_thread(ctx.store.upsert_explanations, ctx.dictionary_id, hook, [body])
+    telemetry.feature_done(ctx.dictionary_id, "explain", body["status"])
     return body
 
 
@@ -239,4 +241,8 @@ async def score_feature(
     out = list(await asyncio.gather(*(run(m, p) for m, p in jobs)))
     if out:
         await asyncio.to_thread(ctx.store.upsert_scores, ctx.dictionary_id, hook, out)
+    for score in out:
+        telemetry.feature_done(ctx.dictionary_id, "score", score["status"])
+        if score["status"] == "ok":
+            telemetry.score_recorded(score["scorer_kind"], score["baseline"], score["score"])
     return out

@@ -7,8 +7,11 @@ analysis (its ``windows()`` keeps the [n, T, d] layout).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +24,8 @@ from raysae.lm.loader import DTYPES
 from raysae.lm.model import LanguageModel
 
 __all__ = ["META_COLUMNS", "ActivationExtractor", "ActivationSource", "WindowActivations", "activation_rows"]
+log = logging.getLogger(__name__)
+FORWARD_SECONDS_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
 
 
 def activation_rows(
@@ -60,11 +65,58 @@ class ActivationExtractor:
         self.lm = LanguageModel.from_config(model)
         self.lm.check_hooks(hooks)
         self.hooks = list(hooks)
+        self.metrics = ReplicaMetrics(model.name)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         windows = WindowBatch.from_dict(batch)
+        start = time.perf_counter()
         acts = self.lm.run_with_hooks(torch.from_numpy(windows.tokens), self.hooks)
-        return activation_rows(windows, acts)
+        seconds = time.perf_counter() - start
+        rows = activation_rows(windows, acts)
+        self.metrics.record(len(rows["token_id"]), len(windows.window_ids), seconds)
+        return rows
+
+
+class ReplicaMetrics:
+    """A model replica's Ray metrics, exported as ``ray_raysae_activations_*`` (the activation pipeline
+    board, dashboards/raysae_activations.json): kept tokens and windows (counters) and forward-pass
+    seconds (histogram), tagged with the model. Recorded only when connected to Ray (the pipeline's
+    actors are); recording never raises, since a metric is no reason to fail a batch."""
+
+    def __init__(self, model: str):
+        self.tags = {"model": model}
+        self.tokens: Any = None
+        self.windows: Any = None
+        self.forward_seconds: Any = None
+        try:
+            import ray
+
+            if not ray.is_initialized():
+                return
+            from ray.util.metrics import Counter, Histogram
+
+            keys = ("model",)
+            self.tokens = Counter("raysae_activations_tokens", "Kept tokens (activation rows)", keys)
+            self.windows = Counter("raysae_activations_windows", "Token windows run through the model", keys)
+            self.forward_seconds = Histogram(
+                "raysae_activations_forward_seconds",
+                "Seconds of one forward pass over a window batch",
+                FORWARD_SECONDS_BOUNDARIES,
+                keys,
+            )
+        except Exception as err:
+            log.debug("activation metrics unavailable: %s", err)
+            self.tokens = None
+
+    def record(self, tokens: int, windows: int, seconds: float) -> None:
+        if self.tokens is None:
+            return
+        try:
+            self.tokens.inc(tokens, tags=self.tags)
+            self.windows.inc(windows, tags=self.tags)
+            self.forward_seconds.observe(seconds, tags=self.tags)
+        except Exception as err:
+            log.debug("activation metrics not recorded: %s", err)
 
 
 @dataclass
