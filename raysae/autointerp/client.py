@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import openai
 
+from raysae.autointerp import telemetry
 from raysae.autointerp.prompts import AnswerParseError, Messages
 from raysae.config.autointerp import EndpointConfig
 from raysae.errors import RaysaeError
@@ -156,6 +157,7 @@ class ChatClient:
                 comp.cached = True
                 result = parse(comp)
                 self.usage.cached += 1
+                telemetry.request_done(self.endpoint.model, "cached")
                 return result, comp
             except (ValueError, TypeError, KeyError):
                 path.unlink(missing_ok=True)  # a stale or foreign file: ask again
@@ -186,8 +188,10 @@ class ChatClient:
         async with self._sem:
             self.in_flight += 1
             self.usage.requests += 1
+            start, outcome = time.monotonic(), "error"
             try:
                 resp = await self._client.chat.completions.create(**request)
+                outcome = "ok"
             except openai.APIStatusError as err:
                 msg = self.redact(f"HTTP {err.status_code}: {str(err)[:200]}")
                 if err.status_code == 429 or err.status_code >= 500:
@@ -199,6 +203,7 @@ class ChatClient:
                 raise _Retry(self.redact(f"malformed response: {str(err)[:200]}")) from None
             finally:
                 self.in_flight -= 1
+                telemetry.request_done(self.endpoint.model, outcome, time.monotonic() - start)
         return self._completion(resp)
 
     def _completion(self, resp: Any) -> Completion:
@@ -227,6 +232,7 @@ class ChatClient:
         )
         self.usage.prompt_tokens += comp.prompt_tokens
         self.usage.completion_tokens += comp.completion_tokens
+        telemetry.tokens_used(self.endpoint.model, comp.prompt_tokens, comp.completion_tokens)
         return comp
 
     async def aclose(self) -> None:
