@@ -9,6 +9,8 @@ whose hook is zero-ablated at the same positions.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -28,6 +30,25 @@ def _splice(act: Tensor, replacement: Tensor, keep: Tensor) -> Tensor:
     out = act.clone()
     out[keep] = replacement.to(act.dtype)
     return out
+
+
+def _variants(
+    dictionary: SparseDictionary,
+    hooks: tuple[list[str], list[str]],
+    a: Tensor,
+    captured: dict[str, Tensor],
+    keep: Tensor,
+    got: dict[str, Tensor],
+) -> list[Tensor]:
+    """At the spliced hook (clean value ``a``): encode and decode the kept positions (into ``got``),
+    and give the hook's value in the clean, reconstructed and zero-ablated runs."""
+    hooks_in, hooks_out = hooks
+    acts = {**captured, hooks_out[0]: a}
+    got["x"] = _kept(acts, hooks_in, keep, False).float()
+    got["y"] = _kept(acts, hooks_out, keep, False).float()
+    got["z"] = dictionary.encode(got["x"].to(dictionary.input_scale.device))
+    got["y_hat"] = dictionary.decode(got["z"])
+    return [a, _splice(a, got["y_hat"].to(a.device), keep), _splice(a, torch.zeros_like(a[keep]), keep)]
 
 
 @torch.no_grad()
@@ -55,11 +76,21 @@ def evaluate(
     for wb in source.token_windows():
         tokens = torch.from_numpy(wb.tokens).to(lm.device)
         keep = torch.from_numpy(wb.keep).to(lm.device)
-        logits_clean, acts = lm.forward(tokens, capture=hooks, return_logits=splice)
-        x = _kept(acts, hooks_in, keep, grouped).float()
-        y = _kept(acts, hooks_out, keep, grouped).float()
-        z = dictionary.encode(x.to(dictionary.input_scale.device))
-        y_hat = dictionary.decode(z).cpu()
+        if splice:
+            # clean, reconstruction spliced and zero-ablated runs share everything before the hook:
+            # one pass to it, then the rest of the model on the three stacked along the batch
+            got: dict[str, Tensor] = {}
+            fork = functools.partial(_variants, dictionary, (hooks_in, hooks_out), keep=keep, got=got)
+            (logits_clean, logits_recon, logits_zero), _ = lm.forward_variants(
+                tokens, hooks_out[0], fork, hooks
+            )
+            x, y, z, y_hat = got["x"], got["y"], got["z"], got["y_hat"].cpu()
+        else:
+            _, acts = lm.forward(tokens, capture=hooks, return_logits=False)
+            x = _kept(acts, hooks_in, keep, grouped).float()
+            y = _kept(acts, hooks_out, keep, grouped).float()
+            z = dictionary.encode(x.to(dictionary.input_scale.device))
+            y_hat = dictionary.decode(z).cpu()
         z = z.cpu()
         stats.update(y.cpu(), y_hat)
         fired += M.firing_counts(z)
@@ -67,10 +98,6 @@ def evaluate(
         n_tokens += z.shape[0]
         if splice:
             target = keep[:, 1:]  # predicted tokens that count
-            recon_fn = lambda a, r=y_hat, k=keep: _splice(a, r.to(a.device), k)  # noqa: E731
-            zero_fn = lambda a, k=keep: _splice(a, torch.zeros_like(a[k]), k)  # noqa: E731
-            logits_recon, _ = lm.forward(tokens, replace={hooks_out[0]: recon_fn})
-            logits_zero, _ = lm.forward(tokens, replace={hooks_out[0]: zero_fn})
             # One log-softmax per run, over the counted rows only; CE and KL both read it.
             nxt = tokens[:, 1:][target][:, None]
             lp = {name: M.log_probs(lg[:, :-1][target]) for name, lg in

@@ -126,6 +126,8 @@ class LanguageModel(abc.ABC):
     """
 
     backend: ClassVar[str]
+    batch_fork: ClassVar[bool] = False
+    """Whether a replacement may return a larger batch than it got (the rest of the pass follows it)."""
     hf_model: Any
     tokenizer: PreTrainedTokenizerBase
     name: str
@@ -244,6 +246,36 @@ class LanguageModel(abc.ABC):
         except StopForward:
             logits = None
         return logits, router.cache
+
+    def forward_variants(
+        self,
+        tokens: Tensor,
+        hook: str,
+        variants: Callable[[Tensor, dict[str, Tensor]], list[Tensor]],
+        capture: Iterable[str] = (),
+    ) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Logits of several runs that are the same up to ``hook`` and differ there: ``variants(a,
+        captured)`` gives the hook's value in each run from its clean value ``a`` ``[B, T, d]`` (and the
+        ``capture`` hooks recorded so far, which must come before ``hook``). Returns (logits per variant,
+        captured). A backend that can grow the batch mid-pass (``batch_fork``) runs the shared prefix
+        once and the rest on the variants stacked along the batch; others run one pass per variant."""
+        capture = [h for h in dict.fromkeys(capture) if h != hook]
+        if not self.batch_fork:
+            _, cache = self.forward(tokens, capture=[*capture, hook], return_logits=False)
+            values = variants(cache.pop(hook), cache)
+            runs = [self.forward(tokens, replace={hook: lambda _, v=v: v})[0] for v in values]
+            return runs, cache  # type: ignore[return-value]
+        n = []
+        router = HookRouter(self.check_hooks([*capture, hook]), capture, {}, stop=False)
+
+        def fork(a: Tensor) -> Tensor:
+            values = variants(a, dict(router.cache))
+            n.append(len(values))
+            return torch.cat(values)
+
+        router.replacements = {hook: fork}
+        logits = self._run(tokens.to(self.device), router, True)
+        return list(logits.chunk(n[0])), router.cache  # type: ignore[union-attr]
 
     def loss(self, tokens: Tensor) -> Tensor:
         """Per-token next-token cross-entropy [B, T-1] (nats) of the unmodified model."""

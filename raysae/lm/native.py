@@ -26,6 +26,7 @@ class NativeLanguageModel(LanguageModel):
     """A Llama-family causal LM run block by block (``ModelConfig.backend = "native"``)."""
 
     backend: ClassVar[str] = "native"
+    batch_fork: ClassVar[bool] = True
 
     def __init__(self, hf_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = ""):
         model_type = getattr(hf_model.config, "model_type", "?")
@@ -62,10 +63,16 @@ class NativeLanguageModel(LanguageModel):
         site = router
         h = site(-1, "embed", body.embed_tokens(tokens))
         position_ids = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+        # mask and rotary tables from one row: they broadcast over any batch, so a replacement may grow
+        # the batch mid-pass (forward_variants)
         mask = create_causal_mask(
-            config=body.config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=position_ids
+            config=body.config,
+            inputs_embeds=h[:1],
+            attention_mask=None,
+            cache=None,
+            position_ids=position_ids,
         )
-        rope = body.rotary_emb(h, position_ids=position_ids)
+        rope = body.rotary_emb(h[:1], position_ids=position_ids)
         for i, layer in enumerate(body.layers[: self.n_layers]):
             h = site(i, "resid_pre", h)
             x = _norm(layer.input_layernorm, h, i, "ln1", router)
@@ -73,18 +80,26 @@ class NativeLanguageModel(LanguageModel):
             attn, _ = layer.self_attn(
                 hidden_states=x, attention_mask=mask, position_ids=position_ids, position_embeddings=rope
             )
-            h = h + site(i, "attn_out", attn)
+            h = _add(h, site(i, "attn_out", attn))
             h = site(i, "resid_mid", h)
             x = site(i, "mlp_in", h)
             x = _norm(layer.post_attention_layernorm, x, i, "ln2", router)
             x = site(i, "ln2_out", x)
-            h = h + site(i, "mlp_out", layer.mlp(x))
+            h = _add(h, site(i, "mlp_out", layer.mlp(x)))
             h = site(i, "resid_post", h)
         n = self.n_layers
         h = site(n, "final_in", h)
         h = _norm(body.norm, h, n, "final", router)
         h = site(n, "final_out", h)
         return self.hf_model.lm_head(h)
+
+
+def _add(h: Tensor, branch: Tensor) -> Tensor:
+    """``h + branch``; when a replacement grew the branch's batch k-fold (forward_variants), the
+    residual is repeated to match (the variants are stacked along the batch)."""
+    if branch.shape[0] != h.shape[0]:
+        h = h.repeat(branch.shape[0] // h.shape[0], *([1] * (h.dim() - 1)))
+    return h + branch
 
 
 def _norm(module: nn.Module, x: Tensor, layer: int, prefix: str, router: HookRouter) -> Tensor:

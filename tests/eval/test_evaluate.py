@@ -104,3 +104,29 @@ def test_clt_is_evaluated_per_layer(lm):
         expected = M.explained_variance(y, clt.eval()(x), per_group=True)
     assert per["explained_variance"] == pytest.approx(expected.tolist(), rel=1e-5)
     assert metrics["explained_variance"] == pytest.approx(float(expected.mean()), rel=1e-5)
+
+
+def test_shared_prefix_gives_the_three_separate_passes_numbers(lm, monkeypatch):
+    """A transcoder (reads hook_mlp_in, splices hook_mlp_out): the native backend's one pass with the
+    three runs stacked after the hook gives the numbers of one full pass per run."""
+    torch.manual_seed(0)
+    tc = build_dictionary(
+        SAEConfig(
+            architecture="transcoder",
+            d_model=576,
+            d_sae=256,
+            act_fn="topk",
+            top_k=16,
+            hook_point_in="blocks.2.hook_mlp_in",
+            hook_point_out="blocks.2.hook_mlp_out",
+        )
+    )
+    assert lm.batch_fork
+    shared = evaluate(tc, _cfg(128), lm=lm, progress=False)
+    monkeypatch.setattr(type(lm), "batch_fork", False)
+    separate = evaluate(tc, _cfg(128), lm=lm, progress=False)
+    for key in ("explained_variance", "l0", "ce_loss_recovered", "kl_recovered"):
+        assert shared[key] == pytest.approx(separate[key], rel=1e-4, abs=1e-5), key
+    for run in ("clean", "reconstructed", "zero_ablated"):
+        assert shared["ce_loss"][run] == pytest.approx(separate["ce_loss"][run], rel=1e-5)
+    assert shared["ce_loss"]["reconstructed"] > shared["ce_loss"]["clean"]  # a random transcoder hurts

@@ -275,3 +275,39 @@ def test_backends_agree_on_smollm2(smollm, tokens):
         assert_agree(smollm, bridge, tokens, hooks, replace={"blocks.14.hook_resid_mid": lambda x: 0.9 * x})
     finally:
         smollm.hf_model.set_attn_implementation(attention)
+
+
+@pytest.mark.parametrize(
+    ("backend", "family"), [("native", "llama"), ("native", "qwen2"), ("transformer_lens", "gpt2")]
+)
+@pytest.mark.parametrize(
+    "hook", ["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.0.hook_resid_pre"]
+)
+def test_forward_variants_equal_one_pass_per_variant(backend, family, hook, tokenizer):
+    """float64, two windows: each variant's logits equal a plain pass with that replacement; the
+    captured hooks (before ``hook``) are the clean ones; the native backend forks the batch mid-pass."""
+    model = tiny(family, tokenizer, torch.float64)
+    lm = LanguageModel(model, tokenizer) if backend == "native" else BridgeLanguageModel(model, tokenizer)
+    assert lm.batch_fork == (backend == "native")
+    tokens = torch.randint(3, 200, (2, 7))
+    early = "hook_embed"
+    seen = {}
+
+    def variants(a, captured):
+        seen.update(captured)
+        return [a, 0.5 * a + 0.1, torch.zeros_like(a)]
+
+    with torch.inference_mode():
+        runs, cache = lm.forward_variants(tokens, hook, variants, capture=[early])
+        want = [
+            lm.forward(tokens)[0],
+            lm.forward(tokens, replace={hook: lambda x: 0.5 * x + 0.1})[0],
+            lm.forward(tokens, replace={hook: torch.zeros_like})[0],
+        ]
+        clean = lm.forward(tokens, capture=[early])[1][early]
+    assert len(runs) == 3 and all(r.shape == (2, 7, lm.d_vocab) for r in runs)
+    for got, ref in zip(runs, want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(cache[early], clean, rtol=0, atol=0)
+    torch.testing.assert_close(seen[early], clean, rtol=0, atol=0)
+    assert not torch.allclose(runs[0], runs[2])  # the test can fail
