@@ -1,4 +1,5 @@
-"""Text → most active features: run the language model and a saved dictionary on one text.
+"""Text → most active features, steering and nearest features: the model deployment's work on a
+language model and a saved dictionary.
 
 ``FeatureActivations`` is plain Python (usable and testable without Serve); ``ActivationModel`` wraps it
 as a Serve deployment so that model forwards never hold up the ingress's store lookups. Loaded models
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,8 @@ class FeatureActivations:
         self.config = config
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._dictionaries: OrderedDict[tuple[str, int], Any] = OrderedDict()
+        # Unit-norm write directions per loaded dictionary; dropped with it when it leaves the cache.
+        self._unit_directions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         import torch
@@ -99,18 +103,18 @@ class FeatureActivations:
                 self._dictionaries.popitem(last=False)
             return loaded
 
-    def top_features(
-        self, record: dict[str, Any], text: str, top_n: int, include_bos: bool = False
-    ) -> dict[str, Any]:
-        """The ``top_n`` most active features of every token of ``text`` under the dictionary ``record``
-        (a dictionaries document: ``dictionary_id``, ``path``, optional ``model``)."""
+    def resolve(self, record: dict[str, Any]) -> tuple[Any, Any]:
+        """(language model, dictionary) of a dictionaries document (``dictionary_id``, ``path``,
+        optional ``model``), loaded or cached, checked to fit each other; ``RequestError`` otherwise."""
         from raysae.dictionaries import DictionaryCompatibilityError
         from raysae.lm import HookError
 
         dictionary_id = record["dictionary_id"]
         path = record.get("path")
         if not isinstance(path, str) or not path:
-            raise RequestError(409, f"dictionary {dictionary_id!r} has no saved path; text queries need one")
+            raise RequestError(
+                409, f"dictionary {dictionary_id!r} has no saved path; the model endpoints need one"
+            )
         model_name = record.get("model")
         if model_name is not None and not isinstance(model_name, str):
             raise RequestError(409, f"dictionary {dictionary_id!r} names its model with a non-string")
@@ -120,19 +124,33 @@ class FeatureActivations:
             dictionary.check_model_compatible(model.name, model.d_model, model.n_layers)
         except DictionaryCompatibilityError as err:
             raise RequestError(409, f"dictionary {dictionary_id!r}: {err}") from err
-        hooks = list(dictionary.hooks_in)
         try:
-            model.check_hooks(hooks)
+            model.check_hooks(list(dictionary.hooks_in))
         except HookError as err:
             raise RequestError(
                 409, f"dictionary {dictionary_id!r} reads hooks that model {model.name!r} lacks: {err}"
             ) from err
+        return model, dictionary
+
+    def tokenize(self, model: Any, text: str) -> Any:
+        """``text`` as [1, T] ids with BOS; 413 beyond ``max_text_tokens`` (BOS excluded)."""
         tokens = model.to_tokens(text, prepend_bos=True)
         n_text = tokens.shape[1] - 1
         if n_text > self.config.max_text_tokens:
             raise RequestError(
                 413, f"text is {n_text} tokens long; the limit is {self.config.max_text_tokens} tokens"
             )
+        return tokens
+
+    def top_features(
+        self, record: dict[str, Any], text: str, top_n: int, include_bos: bool = False
+    ) -> dict[str, Any]:
+        """The ``top_n`` most active features of every token of ``text`` under the dictionary ``record``
+        (a dictionaries document: ``dictionary_id``, ``path``, optional ``model``)."""
+        dictionary_id = record["dictionary_id"]
+        model, dictionary = self.resolve(record)
+        hooks = list(dictionary.hooks_in)
+        tokens = self.tokenize(model, text)
         with self._run_lock:
             acts = model.run_with_hooks(tokens, hooks)
             z = dictionary.encode_flat({h: acts[h][0] for h in hooks}).float()  # [T, n_features]
@@ -167,10 +185,68 @@ class FeatureActivations:
             "tokens": out_tokens,
         }
 
+    def steer(
+        self,
+        record: dict[str, Any],
+        hook: str,
+        index: int,
+        prompt: str,
+        strength: float,
+        max_new_tokens: int,
+    ) -> dict[str, Any]:
+        """Greedy continuations of ``prompt`` with and without ``strength`` × the feature's decoder
+        output added at the dictionary's output hooks (``raysae.serve.steering``)."""
+        from raysae.lm import HookError
+        from raysae.serve import steering
+
+        model, dictionary = self.resolve(record)
+        flat = steering.flat_feature(dictionary, hook, index)
+        directions = steering.decoder_output(dictionary, flat)
+        try:
+            model.check_hooks(list(directions))
+        except HookError as err:
+            raise RequestError(409, f"the dictionary writes hooks that {model.name!r} lacks: {err}") from err
+        tokens = self.tokenize(model, prompt)
+        with self._run_lock:
+            plain = steering.greedy_generate(model, tokens, max_new_tokens)
+            replace = steering.steering_hooks(directions, strength)
+            steered = steering.greedy_generate(model, tokens, max_new_tokens, replace)
+        return {
+            "dictionary_id": record["dictionary_id"],
+            "hook": hook,
+            "index": index,
+            "model": model.name,
+            "prompt": prompt,
+            "strength": strength,
+            "max_new_tokens": max_new_tokens,
+            "hooks_out": list(directions),
+            "unsteered": steering.continuation(model, plain),
+            "steered": steering.continuation(model, steered),
+        }
+
+    def nearest(self, record: dict[str, Any], hook: str, index: int, k: int) -> list[dict[str, Any]]:
+        """The ``k`` features whose write directions have the highest cosine with this feature's
+        (itself excluded); the unit-norm matrix is cached with the loaded dictionary."""
+        from raysae.serve import steering
+
+        model, dictionary = self.resolve(record)
+        flat = steering.flat_feature(dictionary, hook, index)
+        with self._load_lock:
+            unit = self._unit_directions.get(dictionary)
+            if unit is None:
+                unit = steering.unit_write_directions(dictionary, model.n_layers)
+                self._unit_directions[dictionary] = unit
+        out = []
+        for other, cosine in steering.nearest_by_cosine(unit, flat, k):
+            other_hook, other_index = feature_of(other, dictionary)
+            out.append({"hook": other_hook, "index": other_index, "cosine": cosine})
+        return out
+
 
 @serve.deployment(name="ActivationModel")
 class ActivationModel:
-    """Serve deployment of ``FeatureActivations``; the ingress calls ``top_features`` via a handle."""
+    """Serve deployment of ``FeatureActivations``; the ingress calls its methods via a handle, so a
+    forward pass never runs in the ingress."""
 
     def __init__(self, config: ServeConfig):
         self.engine = FeatureActivations(config)
@@ -180,3 +256,19 @@ class ActivationModel:
     ) -> dict[str, Any]:
         """See ``FeatureActivations.top_features``."""
         return self.engine.top_features(record, text, top_n, include_bos)
+
+    def steer(
+        self,
+        record: dict[str, Any],
+        hook: str,
+        index: int,
+        prompt: str,
+        strength: float,
+        max_new_tokens: int,
+    ) -> dict[str, Any]:
+        """See ``FeatureActivations.steer``."""
+        return self.engine.steer(record, hook, index, prompt, strength, max_new_tokens)
+
+    def nearest(self, record: dict[str, Any], hook: str, index: int, k: int) -> list[dict[str, Any]]:
+        """See ``FeatureActivations.nearest``."""
+        return self.engine.nearest(record, hook, index, k)

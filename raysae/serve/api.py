@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from raysae.config.serve import ServeConfig
 from raysae.serve import schemas as m
 from raysae.serve.activations import RequestError
-from raysae.serve.browser import render_browser
+from raysae.serve.browser_routes import BrowserRoutes, Nearest, browser_page, install_browser_routes
 from raysae.serve.http import (
     HookPath,
     IdPath,
@@ -40,6 +40,8 @@ from raysae.serve.write_routes import Bearer, WriteRoutes
 from raysae.store import Store, StoreUnavailableError
 from raysae.store.validate import MAX_SKIP
 
+install_browser_routes(app)  # its static files and offline /docs: before the ingress copies the routes
+
 
 @serve.deployment(name="FeatureAPI")
 @serve.ingress(app)
@@ -59,6 +61,7 @@ class FeatureAPI:
         limit_bodies(config.max_body_bytes)
         self.model = model
         self.writes = WriteRoutes(self, graphs)
+        self.browse = BrowserRoutes(self, model)
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _page(
@@ -309,11 +312,39 @@ class FeatureAPI:
         """Every stored explanation of the feature and every score, with per-example predictions."""
         return self.writes.explanations(dictionary_id, hook, index)
 
+    # ---- feature browser (bodies in browser_routes) -------------------------------------------------
+    @app.get(
+        "/api/features/{dictionary_id}/{hook}/{index}/nearest",
+        response_model=m.NearestFeatures,
+        tags=["features"],
+    )
+    async def nearest(
+        self, dictionary_id: IdPath, hook: HookPath, index: IndexPath, k: Nearest = 10
+    ) -> dict[str, Any]:
+        """The ``k`` features whose decoder (write) directions have the highest cosine with this one's
+        (itself excluded), computed on the model deployment from the saved dictionary."""
+        return await self.browse.nearest(dictionary_id, hook, index, k)
+
+    @app.post(
+        "/api/features/{dictionary_id}/{hook}/{index}/steer", response_model=m.SteerResult, tags=["features"]
+    )
+    async def steer(
+        self,
+        dictionary_id: IdPath,
+        hook: HookPath,
+        index: IndexPath,
+        request: Annotated[m.SteerRequest, Body()],
+        credentials: Bearer,
+    ) -> dict[str, Any]:
+        """Greedy continuations of ``prompt`` without and with ``strength`` × the feature's decoder
+        output added at the dictionary's output hooks (bearer token; 413 over the text limits)."""
+        return await self.browse.steer(dictionary_id, hook, index, request, credentials)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def browser_root(self, request: Request) -> HTMLResponse:
-        return HTMLResponse(render_browser(request.scope.get("root_path", "")))
+        return browser_page(request)
 
     @app.get("/browser", response_class=HTMLResponse, tags=["service"])
     def browser(self, request: Request) -> HTMLResponse:
-        """The feature browser: plain HTML and a little JavaScript over the JSON endpoints."""
-        return HTMLResponse(render_browser(request.scope.get("root_path", "")))
+        """The feature browser: an HTML page and its own scripts (/browser/static) over the JSON API."""
+        return browser_page(request)

@@ -169,7 +169,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
                 "msg": f"{len(errors) - MAX_ERRORS} more errors not listed",
             }
         )
-    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(shown)})
+    # Finite: a NaN/inf input (Python's JSON reads NaN) is echoed as null instead of failing with 500.
+    return FiniteJSONResponse(status_code=422, content={"detail": jsonable_encoder(shown)})
 
 
 app.add_middleware(BodyLimit)

@@ -175,3 +175,68 @@ class FeatureInterpretation(BaseModel):
 
     explanations: list[ExplanationDoc]
     scores: list[ScoreDoc]
+
+
+# ---- steering and nearest features (feature browser) -------------------------------------------------
+MAX_STEER_NEW_TOKENS = 64  # greedy steps of each continuation: two model passes per step on the deployment
+MAX_STEER_STRENGTH = 1000.0  # in units of the feature's activation; far beyond any useful steering
+MAX_NEAREST = 50
+
+
+class SteerRequest(BaseModel):
+    """A prompt to continue greedily, with and without a feature's decoder output added."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_BODY_TEXT,
+        description="The prompt (BOS is prepended); the server's max_text_chars and max_text_tokens apply.",
+    )
+    strength: float = Field(
+        ge=-MAX_STEER_STRENGTH,
+        le=MAX_STEER_STRENGTH,
+        allow_inf_nan=False,
+        description="Multiple of the feature's decoder output added at its output hooks at every "
+        "position: the activation the feature is forced to add (compare max_activation).",
+    )
+    max_new_tokens: int = Field(
+        24, ge=1, le=MAX_STEER_NEW_TOKENS, description="Greedy tokens of each continuation."
+    )
+
+
+class Continuation(BaseModel):
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+
+
+class SteerResult(BaseModel):
+    """Both greedy continuations of the prompt: unsteered, and steered by the feature."""
+
+    dictionary_id: str
+    hook: str
+    index: int
+    model: str
+    prompt: str
+    strength: float
+    max_new_tokens: int
+    hooks_out: list[str] = Field(description="The hooks the feature's decoder output was added at.")
+    unsteered: Continuation
+    steered: Continuation
+
+
+class NearFeature(BaseModel):
+    hook: str
+    index: int
+    cosine: float
+    explanation: str | None = Field(None, description="Its first stored explanation, if any.")
+
+
+class NearestFeatures(BaseModel):
+    """Features whose decoder (write) directions are closest in cosine, most similar first."""
+
+    dictionary_id: str
+    hook: str
+    index: int
+    k: int
+    items: list[NearFeature]

@@ -138,6 +138,10 @@ def import_builder(import_path: str) -> Any:
 # ---- write endpoints: a transcoder for graphs, a dictionary whose features can be explained ----------
 TOKEN = "test-token-0123456789"
 CLT_ID = "clt-l01"
+CLT_HOOKS = ["blocks.0.ln2.hook_out", "blocks.1.ln2.hook_out"]
+CLT_D_SAE = 64
+GRAPH_PROMPT = "The capital of France is"
+VIEWER_CLT_ID = "clt-viewer"  # CLT_ID's weights with stored features: the browser tests' graph
 EXPLAIN_ID = "explain-dict"
 EXPLAIN_HOOK = "blocks.2.hook_resid_post"
 EXPLAIN_WORDS = (" cat", " river", " seven", " blue")  # the word each feature of EXPLAIN_ID fires on
@@ -156,10 +160,45 @@ def save_clt(folder: Path) -> Path:
         "d_sae": 64,
         "act_fn": "topk",
         "top_k": 4,
-        "hook_points_in": ["blocks.0.ln2.hook_out", "blocks.1.ln2.hook_out"],
+        "hook_points_in": CLT_HOOKS,
         "hook_points_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"],
     }
     return raysae.build_dictionary(cfg).save(folder)
+
+
+def clt_feature_docs(layer: int) -> list[dict[str, Any]]:
+    """A stored record for every feature of the CLT's layer ``layer``, so that each feature node of a
+    graph through it opens a feature page (statistics, one example, logit effects)."""
+    docs = []
+    for i in range(CLT_D_SAE):
+        act = 1.0 + (i % 7) / 2
+        docs.append(
+            {
+                "index": i,
+                "layer": layer,
+                "frequency": (i % 5 + 1) / 500,
+                "n_fired": i % 5 + 1,
+                "n_tokens": 500,
+                "mean_activation": act / 2,
+                "max_activation": act,
+                "histogram": {"edges": [0.0, act / 2, act], "counts": [3, i % 4 + 1]},
+                "dla_positive_tokens": [f" clt{layer}x{i}"],
+                "dla_positive": [{"token": f" clt{layer}x{i}", "token_id": 9000 + i, "value": 0.9}],
+                "dla_negative": [{"token": f" anti{layer}x{i}", "token_id": 9500 + i, "value": -0.4}],
+                "top_examples": [
+                    {
+                        "doc_id": 7,
+                        "window_id": 100 * layer + i,
+                        "position": 4,
+                        "max_activation": act,
+                        "tokens": ["The", " capital", " of", " France", " is"],
+                        "token_ids": [504, 3575, 282, 4649, 314],
+                        "activations": [0.0, 0.0, 0.0, act / 3, act],
+                    }
+                ],
+            }
+        )
+    return docs
 
 
 def _example(window_id: int, word: str, fires: bool) -> dict[str, Any]:
@@ -212,3 +251,27 @@ def fill_write_data(store: Store, clt_path: Path) -> None:
         EXPLAIN_ID, {"architecture": "sae", "hooks_in": [EXPLAIN_HOOK], "hooks": [EXPLAIN_HOOK], "d_sae": 4}
     )
     store.upsert_features(EXPLAIN_ID, EXPLAIN_HOOK, explain_feature_docs())
+
+
+def fill_viewer_data(store: Store, clt_path: Path) -> None:
+    """VIEWER_CLT_ID: a record of the CLT saved at ``clt_path``, every feature stored with an
+    explanation. Its own id, so that its graphs leave CLT_ID's graph list as the write tests expect;
+    ``store.delete_dictionary(VIEWER_CLT_ID)`` removes it and its graphs again."""
+    record = {
+        "architecture": "clt",
+        "hooks_in": CLT_HOOKS,
+        "hooks_out": ["blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"],
+        "hooks": CLT_HOOKS,
+        "d_model": 576,
+        "d_sae": CLT_D_SAE,
+        "layers": 2,
+        "n_features": 2 * CLT_D_SAE,
+        "path": str(clt_path),
+        "model": "smollm2-135m-instruct",
+    }
+    store.upsert_dictionary(VIEWER_CLT_ID, record)
+    for layer, hook in enumerate(CLT_HOOKS):
+        store.upsert_features(VIEWER_CLT_ID, hook, clt_feature_docs(layer))
+        texts = [f"Layer {layer} transcoder latent {i}" for i in range(CLT_D_SAE)]
+        docs = [{"index": i, "explainer": "human", "explanation": t} for i, t in enumerate(texts)]
+        store.upsert_explanations(VIEWER_CLT_ID, hook, docs)
