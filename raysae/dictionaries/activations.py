@@ -114,11 +114,18 @@ class BatchTopK(Activation):
     @torch.no_grad()
     def _update_threshold(self, z_flat: Tensor) -> None:
         positive = torch.where(z_flat > 0, z_flat, torch.full_like(z_flat, float("inf")))
-        smallest = positive.amin(dim=-1)  # amin: a latent-sharded DTensor all-reduces, min gathers
-        smallest = torch.where(torch.isinf(smallest), self.threshold, smallest)
-        fresh = self.threshold < 0
-        mixed = self.momentum * self.threshold + (1 - self.momentum) * smallest
-        self.threshold.copy_(torch.where(fresh, smallest, mixed))
+        # amin: a latent-sharded DTensor all-reduces, min gathers
+        self.move_threshold_(self.threshold, positive.amin(dim=-1))
+
+    @torch.no_grad()
+    def move_threshold_(self, threshold: Tensor, smallest: Tensor) -> None:
+        """Move ``threshold`` (this buffer, or its local tensor on the sharded sparse path, which
+        reduces ``smallest`` itself) toward the batch's smallest active value per group; ``inf``
+        (nothing fired) keeps it, and a fresh (-1) threshold takes the value directly."""
+        smallest = torch.where(torch.isinf(smallest), threshold, smallest)
+        fresh = threshold < 0
+        mixed = self.momentum * threshold + (1 - self.momentum) * smallest
+        threshold.copy_(torch.where(fresh, smallest, mixed))
 
 
 class JumpReLU(Activation):

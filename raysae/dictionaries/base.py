@@ -61,7 +61,7 @@ class LossOutput:
             return int(self.feature_acts.shape[0])
         if self.sparse_latents is None:
             raise RuntimeError("the loss output holds no latent activations")
-        return self.sparse_latents.pattern.shape[0]
+        return self.sparse_latents.n_rows
 
     def firing_counts(self) -> Tensor:
         """Tokens each latent fired on in this batch, without densifying sparse latents."""

@@ -11,8 +11,9 @@ over ``[batch, d_sae]`` and two autograd functions do the sparse products:
 - ``sparse_decode(values, W_dec, pattern)``: ``Z W_dec``; backward: ``dvalues = (gY W_decᵀ)`` sampled at
   the pattern (``torch.sparse.sampled_addmm``) and ``dW_dec = Zᵀ gY`` (a CSR of the transpose).
 
-The dense path (``SparseDictionary.compute_loss``) stays the reference for every activation and for
-sharded dictionaries; tests check the two agree in float64 (loss, gradients, parameters after Adam).
+The dense path (``SparseDictionary.compute_loss``) stays the reference for every activation; tests check
+the two agree in float64 (loss, gradients, parameters after Adam). DTensor-sharded dictionaries run the
+same functions on their local shards (``raysae.train.sparse_sharded``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ class SparseLatents:
 
     pattern: Pattern
     values: Tensor
+
+    @property
+    def n_rows(self) -> int:
+        """Tokens the latents cover (a sharded subclass reports the global batch)."""
+        return self.pattern.shape[0]
 
     def dense(self) -> Tensor:
         return self.pattern.dense(self.values)

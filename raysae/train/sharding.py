@@ -23,13 +23,16 @@ then runs the *same* ``SparseDictionary.compute_loss`` on DTensors:
   ``Partial`` on ``model``; DTensor reduce-scatters ``ŷ − y`` for the MSE and all-gathers its
   ``[batch, d_model]`` gradient in backward. No latent-sized tensor is ever gathered.
 
+The sparse TopK/BatchTopK path (``raysae.train.sparse_sharded``) runs the same loss on local shards
+with explicit collectives; this dense path stays its reference.
+
 Scalars: ``.item()`` / ``int()`` of a ``Partial`` DTensor returns the rank's *local* part. Read metrics
 with ``to_full(t)``; pass the AuxK ``dead_mask`` through ``compute_sharded_loss``, which replicates it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -161,18 +164,23 @@ def sharded_kth_value(x: Tensor, k: int) -> Tensor:
     if any(p.is_partial() for p in x.placements):
         x = x.redistribute(mesh, [Replicate() if p.is_partial() else p for p in x.placements])
     split = [i for i, p in enumerate(x.placements) if _split_dim(p) == last]
-    with torch.no_grad():
-        # Shards along a split dim have equal sizes (d_sae % model size == 0, equal rows per data rank),
-        # so every rank sends min(k, shard) candidates and the gathered widths agree.
-        cand = x.to_local().detach()
-        for i in split:
-            if mesh.size(i) > 1:
-                cand = cand.topk(min(k, cand.shape[-1]), dim=-1, sorted=False).values
-                cand = _all_gather_last(cand, mesh.get_group(i))
-        kth = local_kth_value(cand, k)
+    kth = kth_value_over(x.to_local(), k, [mesh.get_group(i) for i in split if mesh.size(i) > 1])
     placements = [Replicate() if i in split else p for i, p in enumerate(x.placements)]
     shape = torch.Size((*x.shape[:-1], 1))
     return DTensor.from_local(kth, mesh, placements, run_check=False, shape=shape, stride=_contiguous(shape))
+
+
+def kth_value_over(local: Tensor, k: int, groups: Sequence[dist.ProcessGroup]) -> Tensor:
+    """The k-th largest value along the last dim of the tensor whose last dim is ``local`` concatenated
+    over each of ``groups`` (keepdim, no gradient), by exchanging candidates: per group, each rank's top
+    ``min(k, width)`` values are all-gathered and re-selected. Shards along a group have equal sizes
+    (d_sae % model size == 0, equal rows per data rank), so the gathered widths agree."""
+    with torch.no_grad():
+        cand = local.detach()
+        for group in groups:
+            cand = cand.topk(min(k, cand.shape[-1]), dim=-1, sorted=False).values
+            cand = _all_gather_last(cand, group)
+        return local_kth_value(cand, k)
 
 
 def _contiguous(shape: torch.Size) -> tuple[int, ...]:
@@ -201,17 +209,24 @@ def distribute_batch(batch: Batch, mesh: DeviceMesh, check_rows: bool = True) ->
         )
 
     tensors = [batch] if isinstance(batch, Tensor) else list(batch.values())
-    rows = {t.shape[0] for t in tensors if not isinstance(t, DTensor)}
+    check_data_rows([t for t in tensors if not isinstance(t, DTensor)], mesh, across=check_rows)
+    if isinstance(batch, Tensor):
+        return wrap(batch)
+    return {hook: wrap(t) for hook, t in batch.items()}
+
+
+def check_data_rows(tensors: Sequence[Tensor], mesh: DeviceMesh, across: bool = True) -> None:
+    """Raise unless ``tensors`` (this rank's rows) agree in row count with each other and, with
+    ``across``, over ``data`` (one tiny all-gather): DTensor's even sharding and the per-rank loss
+    scaling of the sparse path need equal rows per data rank."""
+    rows = {t.shape[0] for t in tensors}
     if len(rows) > 1:
         raise ValueError(f"the batch's tensors have different row counts {sorted(rows)}")
-    if check_rows and dp > 1 and rows:
+    if across and mesh_size(mesh, DATA) > 1 and rows:
         mine = torch.tensor([rows.pop()], device=tensors[0].device)
         every = _all_gather_last(mine, mesh.get_group(mesh_dim(mesh, DATA)))
         if (every != mine).any():
             raise ValueError(f"data-parallel ranks hold different row counts {every.tolist()}")
-    if isinstance(batch, Tensor):
-        return wrap(batch)
-    return {hook: wrap(t) for hook, t in batch.items()}
 
 
 def replicate(t: Tensor, mesh: DeviceMesh) -> DTensor:

@@ -5,7 +5,8 @@ incoming rows into ``batch_size``-row steps, initialises from data, builds the o
 the steps, reports metrics to its sinks and saves through a ``Checkpointer``. A Ray worker only wires
 Ray to it (``raysae.train.ray_train``): its dictionary's parameters are DTensors
 (``distribute`` = ``raysae.train.sharding.distribute_dictionary``), each rank passes its own rows, and
-the step uses the sharded loss, reduces gradients over the data dim and reads metrics as global values.
+the step uses the sharded loss (sparse for TopK/BatchTopK SAEs, ``raysae.train.sparse_sharded``), reduces
+gradients over the data dim and reads metrics as global values.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from raysae.train.sharding import (
     reduce_gradients_,
     to_full,
 )
+from raysae.train.sparse_sharded import compute_sharded_sparse_loss, supports_sharded_sparse_loss
 from raysae.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -141,14 +143,18 @@ class Trainer:
         dead_mask = st.tokens_since_fired >= cfg.dead_after_tokens
         sharded = is_distributed(d)
         bf16 = cfg.autocast == "bfloat16"
+        encode_dtype = torch.bfloat16 if bf16 else None
+        sparse = cfg.sparse_topk and (supports_sharded_sparse_loss(d) if sharded else d.supports_sparse_loss)
         autocast = contextlib.nullcontext()
-        if sharded:
+        if sharded and sparse:
+            loss_fn = partial(compute_sharded_sparse_loss, d, encode_dtype=encode_dtype)
+        elif sharded:
             loss_fn = partial(compute_sharded_loss, d)
-        elif cfg.sparse_topk and d.supports_sparse_loss:
-            loss_fn = partial(d.compute_sparse_loss, encode_dtype=torch.bfloat16 if bf16 else None)
+        elif sparse:
+            loss_fn = partial(d.compute_sparse_loss, encode_dtype=encode_dtype)
         else:
             loss_fn = d.compute_loss
-        if bf16 and not (cfg.sparse_topk and d.supports_sparse_loss):
+        if bf16 and not sparse:
             autocast = torch.autocast(d.input_scale.device.type, dtype=torch.bfloat16)
         with autocast:
             out = loss_fn(
