@@ -6,6 +6,9 @@ output goes to a log file instead of the terminal: the worker stdout/stderr Ray 
 ``ray*`` loggers, and Python warnings raised inside Ray's own modules. Ray Data's progress bars are
 switched off: they redraw thousands of times and the command draws its own. Exceptions are untouched:
 they reach the terminal through the command.
+
+A private local cluster dies with its driver, also on ``kill -9``: ``raysae.reaper`` watches the driver
+from outside and ends the cluster's processes, which Ray alone leaves running for up to a minute.
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from raysae.reaper import Reaper
 
 _TQDM_MAGIC = "__ray_tqdm_magic_token__"  # ray.experimental.tqdm_ray.RAY_TQDM_MAGIC, without its import
 _active: RayOutputFile | None = None  # set by ray_output_to(); read by ensure_ray()
+_reaper: Reaper | None = None  # the watchdog of the private cluster ensure_ray started, if any
 
 
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a private local cluster; returns True when this
     call initialised Ray (so the caller shuts it down). A private local cluster listens on 127.0.0.1 only
     (``_loopback_node``) and, as nothing else can reach it, turns token auth off (``RAY_AUTH_MODE=disabled``,
-    unless set) so that no token file is written. Inside ``ray_output_to(path)`` Ray's output goes to
-    that file."""
+    unless set) so that no token file is written, and dies with this process (``raysae.reaper``), also
+    when it is killed. Inside ``ray_output_to(path)`` Ray's output goes to that file."""
+    global _reaper
     import ray
 
     if ray.is_initialized():
@@ -44,11 +52,44 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
         quiet.before_init()
         init_kwargs.setdefault("log_to_driver", True)  # forwarded, then routed to the file below
     loopback = private and "_node_ip_address" not in init_kwargs
-    with _loopback_node() if loopback else contextlib.nullcontext():
-        ray.init(address=address, **init_kwargs)
+    release_reaper()  # the watchdog of a cluster started and shut down earlier in this process
+    reaper = _start_reaper() if private else None
+    try:
+        with (
+            _loopback_node() if loopback else contextlib.nullcontext(),
+            reaper.marking() if reaper is not None else contextlib.nullcontext(),
+        ):
+            ray.init(address=address, **init_kwargs)
+    except BaseException:
+        if reaper is not None:
+            reaper.release()  # ends whatever the failed start left running
+        raise
+    _reaper = reaper
     if quiet is not None:
         quiet.after_init()
     return True
+
+
+def _start_reaper() -> Reaper | None:
+    """A watchdog for the cluster about to start; None (and a debug line) where one cannot start."""
+    from raysae.reaper import Reaper
+
+    try:
+        return Reaper.start()
+    except OSError as err:
+        logging.getLogger(__name__).debug("no watchdog for the Ray cluster: %s", err)
+        return None
+
+
+def release_reaper() -> None:
+    """Let the watchdog of the private cluster go (call after ``ray.shutdown()``): it ends the
+    cluster's processes still running and exits. A no-op while that cluster still runs."""
+    global _reaper
+    import ray
+
+    if _reaper is not None and not ray.is_initialized():
+        _reaper.release()
+        _reaper = None
 
 
 @contextlib.contextmanager
@@ -64,6 +105,7 @@ def ray_started(address: str | None = None, **init_kwargs: Any) -> Iterator[bool
     finally:
         if started:
             ray.shutdown()
+            release_reaper()
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ import openai
 from raysae.autointerp import telemetry
 from raysae.autointerp.prompts import AnswerParseError, Messages
 from raysae.config.autointerp import EndpointConfig
-from raysae.errors import RaysaeError
+from raysae.errors import RaysaeError, redact
 from raysae.files import atomic_write_json
 from raysae.home import raysae_home
 
@@ -121,8 +121,8 @@ class ChatClient:
         self.in_flight = 0
 
     def redact(self, text: str) -> str:
-        """``text`` without the API key."""
-        return text.replace(self._key, "***") if self._key and self._key != "no-key" else text
+        """``text`` without the API key, nor a password in a URL (a base_url's ``user:password@``)."""
+        return redact(text, self._key if self._key != "no-key" else None)
 
     def _cache_path(self, request: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()

@@ -277,9 +277,11 @@ async def run_items(
     return list(outs), client.usage
 
 
-def _chunk_task(cfg_json: str, uri: str, db: str, step: str, items: list, pool: list, share: float) -> tuple:
-    """Body of one Ray task: its own store connection, client and event loop."""
-    cfg = AutointerpConfig.model_validate_json(cfg_json)
+def _chunk_task(
+    cfg: AutointerpConfig, uri: str, db: str, step: str, items: list, pool: list, share: float
+) -> tuple:
+    """Body of one Ray task: its own store connection, client and event loop. ``cfg`` travels pickled,
+    not as JSON: JSON shows the API key as ``**********``, which the task would then send."""
     with Store(cfg.store, uri=uri, db=db) as store:
         outs, usage = asyncio.run(run_items(cfg, store, step, [(tuple(k), a) for k, a in items], pool, share))
     return outs, usage
@@ -325,14 +327,14 @@ def _execute_ray(cfg, store, step, items, pool, usage: Usage, bar) -> Iterable[A
     task = ray.remote(num_cpus=0.25, max_retries=1)(_chunk_task)
     workers = min(cfg.ray_workers, -(-len(items) // CHUNK))
     share = 1.0 / workers
-    cfg_json, pool_ref = cfg.model_dump_json(), ray.put(list(pool))
+    cfg_ref, pool_ref = ray.put(cfg), ray.put(list(pool))
     uri, db = store.uri, store.db_name
     chunks = [list(items[i : i + CHUNK]) for i in range(0, len(items), CHUNK)]
     pending: dict[Any, int] = {}
     while chunks or pending:
         while chunks and len(pending) < workers:
             chunk = chunks.pop(0)
-            pending[task.remote(cfg_json, uri, db, step, chunk, pool_ref, share)] = len(chunk)
+            pending[task.remote(cfg_ref, uri, db, step, chunk, pool_ref, share)] = len(chunk)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             n = pending.pop(ref)

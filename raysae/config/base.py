@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from raysae.errors import RaysaeError, format_validation_error
+from raysae.errors import RaysaeError, format_validation_error, redact_uri
 
 __all__ = ["ConfigError", "StrictModel", "format_validation_error", "load_config", "read_config_file"]
 
 
 class StrictModel(BaseModel):
-    """Base for all raysae settings: unknown keys are errors; field docstrings become descriptions."""
+    """Base for all raysae settings: unknown keys are errors; field docstrings become descriptions.
+    A validation error's text leaves out the input (``hide_input_in_errors``): settings carry API keys,
+    tokens and MONGO_URI passwords, and pydantic would print the whole offending mapping."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, hide_input_in_errors=True
+    )
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr() and str() show URIs without their password (store.uri, an endpoint's base_url): a
+        config may be logged or printed. Secret fields are SecretStr, which shows ``**********``."""
+        for name, value in super().__repr_args__():
+            yield name, redact_uri(value) if isinstance(value, str) else value
 
 
 class ConfigError(RaysaeError, ValueError):

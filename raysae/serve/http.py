@@ -45,14 +45,19 @@ def _finite(value: Any) -> Any:
 
 
 class FiniteJSONResponse(JSONResponse):
-    """JSON responses in which non-finite floats (e.g. a dead feature's mean) become null."""
+    """JSON responses in which non-finite floats (e.g. a dead feature's mean) become null, and a lone
+    surrogate (Python's JSON reads the escape of one, and a 422 echoes it) stays a JSON escape."""
 
     def render(self, content: Any) -> bytes:
         try:
             text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         except ValueError:
-            text = json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        return text.encode("utf-8")
+            content = _finite(content)
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # no UTF-8 for a surrogate: ASCII JSON escapes every non-ASCII char
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 app = FastAPI(
@@ -149,7 +154,10 @@ def limit_bodies(max_bytes: int) -> None:
 
 
 def _short(value: Any) -> Any:
-    """``value`` if its JSON text is at most MAX_ECHO_CHARS long, else the start of that text, marked."""
+    """``value`` if its JSON text is at most MAX_ECHO_CHARS long, else the start of that text, marked.
+    A raw body (bytes: a JSON route sent another content type) is echoed as text, bad UTF-8 replaced."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
     text = value if isinstance(value, str) else json.dumps(jsonable_encoder(value), default=str)
     if len(text) <= MAX_ECHO_CHARS:
         return value

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
+from raysae.errors import redact_uri
 from raysae.store.errors import StoreUnavailableError
 
 T = TypeVar("T")
@@ -21,14 +21,9 @@ START_HINT = (
 )
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``."""
-    return re.sub(r"(mongodb(?:\+srv)?://[^:/@]+):[^@/]*@", r"\1:***@", uri)
-
-
 def _short(err: Exception) -> str:
-    """The error without pymongo's long topology description."""
-    return str(err).split(", Timeout:")[0][:300]
+    """The error without pymongo's long topology description (and without any password in it)."""
+    return redact_uri(str(err).split(", Timeout:")[0][:300])
 
 
 def _only_duplicate_keys(err: BulkWriteError) -> bool:
