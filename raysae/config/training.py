@@ -62,7 +62,8 @@ class TrainerConfig(StrictModel):
     in bf16, with fp32 master weights and optimiser; fast on AMX CPUs and tensor-core GPUs."""
     sparse_topk: bool = True
     """TopK/BatchTopK SAEs train on the sparse path (decode and gradients through the k active latents
-    only; ``raysae.dictionaries.sparse``); False uses the dense reference. Sharded runs use the dense one."""
+    only; ``raysae.dictionaries.sparse``, and ``raysae.train.sparse_sharded`` for DTensor-sharded SAEs and
+    transcoders); False uses the dense reference. CLTs and CrossCoders always use the dense path."""
     aux_k: int | None = Field(None, gt=0)
     """AuxK: how many dead latents reconstruct the residual; None means d_model // 2. TopK/BatchTopK only."""
     aux_k_coefficient: float = Field(1 / 32, ge=0)
