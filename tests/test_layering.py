@@ -25,6 +25,7 @@ RANK = {
     "metrics": 0,
     "_lazy": 0,
     "ray_session": 0,
+    "reaper": 0,  # the watchdog that ends a private cluster when its driver dies (ray_session uses it)
     "console": 0,  # quiet Ray output, one progress bar, summaries: every command uses it
     "report": 0,  # plots of a run folder (reads files only)
     "config": 0,

@@ -18,6 +18,7 @@ from typing import Any
 
 from raysae.commandline import reports_user_errors, standalone_main
 from raysae.config.base import ConfigError, format_validation_error, load_config
+from raysae.console import add_verbose_flag
 from raysae.net import port_is_free
 
 
@@ -108,6 +109,15 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         probe.close()
 
+    from raysae.console import command_console
+
+    with command_console("serve", verbose=args.verbose) as console:
+        if console.log_file is not None:
+            _say(f"raysae serve: Ray's and Serve's logs go to {console.log_file} (--verbose shows them here)")
+        return _run(args, config)
+
+
+def _run(args: argparse.Namespace, config: Any) -> int:
     import ray
     from ray import serve
 
@@ -178,6 +188,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--num-cpus", type=int, default=None, help="CPUs of the private Ray cluster (default: all)"
     )
+    add_verbose_flag(p)
     p.set_defaults(func=serve_command)
 
 
