@@ -21,6 +21,8 @@ TOKEN_ENV = "RAYSAE_API_TOKEN"
 PAGE_SIZE_CEILING = 1000  # the largest max_page_size a server may be configured with
 TOP_N_CEILING = 256  # the largest max_top_n
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # 1 MiB: a max_text_chars text with room to spare
+API_CPUS_PER_REPLICA = 4  # cluster CPUs per ingress replica when api_replicas is None
+API_MAX_AUTO_REPLICAS = 8  # the most ingress replicas api_replicas=None gives
 
 
 class ServeConfig(StrictModel):
@@ -58,12 +60,31 @@ class ServeConfig(StrictModel):
     apply to the model a record names (record field `model`)."""
     text_endpoint: bool = True
     """Deploy the model-backed text → features deployment; False serves store lookups only (503 there)."""
-    api_replicas: int = Field(1, ge=1)
-    """Replicas of the ingress (store lookups)."""
+    api_replicas: int | None = Field(None, ge=1)
+    """Replicas of the ingress (store lookups); None sizes them from the cluster's CPUs: one per
+    API_CPUS_PER_REPLICA (4), at least 1 and at most API_MAX_AUTO_REPLICAS (8). One replica keeps about
+    one core busy (its Python holds the GIL), and Serve's HTTP proxy, the store and the model replicas
+    need the others."""
     api_num_cpus: float = Field(0.25, ge=0)
     """CPUs reserved by each ingress replica."""
-    api_max_ongoing_requests: int = Field(32, ge=1)
-    """Concurrent requests one ingress replica takes (store calls run in its thread pool)."""
+    api_max_ongoing_requests: int = Field(256, ge=1)
+    """Concurrent requests one ingress replica takes (store calls run in its thread pool). Keep it above
+    the concurrency you expect: Serve's router holds the requests over it and retries them with a
+    backoff of up to 1 s (RequestRouter.backoff_sequence_s); measured with 100 clients, a limit of 32
+    cut lookups from 40 to 8 requests/s. A request waiting inside the replica costs a coroutine."""
+    record_ttl_s: float = Field(1.0, ge=0, le=3600)
+    """How long an ingress replica reuses a dictionary record it read. The record's analysis_id and
+    updated_at key the replica's feature caches (analysis writes the record after the features), so a
+    re-analysis shows within this time, and so do new explanations and scores of a feature; 0 reads
+    them on every request."""
+    page_cache_features: int = Field(200_000, ge=0, le=10_000_000)
+    """Feature summaries (the fields of a page) each ingress replica keeps, all dictionaries together
+    (~0.5 KB each): pages, totals and in-dictionary token searches are then answered from memory. A
+    dictionary with more features is paged by the store; 0 turns this cache off."""
+    feature_cache_mb: float = Field(256.0, ge=0, le=1024**2)
+    """Rendered feature documents (JSON, ~200 KB for 20 top and 25 quantile examples of 128 tokens) each
+    ingress replica keeps, least recently used dropped first; 0 turns this cache off. A feature's
+    explanations and scores (the explain endpoint adds to them) are reused for record_ttl_s."""
     model_replicas: int = Field(1, ge=1)
     """Replicas of the model deployment (each holds its own model and dictionary caches)."""
     model_num_cpus: float = Field(0.5, ge=0)
@@ -156,6 +177,15 @@ class ServeConfig(StrictModel):
                 "connect_timeout_ms": min(s.connect_timeout_ms, self.store_timeout_ms),
             }
         )
+
+    def ingress_replicas(self, cluster_cpus: float | None) -> int:
+        """Replicas of the ingress: ``api_replicas``, else one per API_CPUS_PER_REPLICA cluster CPUs
+        (1 when the CPUs are unknown), at most API_MAX_AUTO_REPLICAS."""
+        if self.api_replicas is not None:
+            return self.api_replicas
+        if not cluster_cpus or cluster_cpus < 0:
+            return 1
+        return max(1, min(API_MAX_AUTO_REPLICAS, int(cluster_cpus // API_CPUS_PER_REPLICA)))
 
     @property
     def page_size(self) -> int:

@@ -3,9 +3,11 @@
 Inputs are validated by FastAPI/pydantic (422 with the offending field), ids are literal strings (the
 store coerces every query value to str/int, so ``{"$gt": ""}`` is just an unknown id: 404), the store's
 ValueError becomes 422 and StoreUnavailableError 503. Store calls are blocking (pymongo), so their
-routes are plain ``def``: FastAPI runs them in its thread pool. The OpenAPI schema is at /openapi.json,
-its pages at /docs and /redoc, the feature browser at / and /browser. No ``from __future__ import
-annotations`` here: Serve rewrites the route signatures and FastAPI then reads their annotations.
+routes are plain ``def``: FastAPI runs them in its thread pool; pages, features and token searches
+are ``async`` over the replica's caches (``read_routes``) and send only their store reads there. The
+OpenAPI schema is at /openapi.json, its pages at /docs and /redoc, the feature browser at / and
+/browser. No ``from __future__ import annotations`` here: Serve rewrites the route signatures and
+FastAPI then reads their annotations.
 """
 
 from typing import Annotated, Any, Literal
@@ -34,8 +36,9 @@ from raysae.serve.http import (
     limit_bodies,
     public_dictionary,
     store_call,
-    summary,
 )
+from raysae.serve.read_routes import ReadRoutes
+from raysae.serve.reads import ReadCache
 from raysae.serve.write_routes import Bearer, WriteRoutes
 from raysae.store import Store, StoreUnavailableError
 from raysae.store.validate import MAX_SKIP
@@ -58,6 +61,8 @@ class FeatureAPI:
         # Connects lazily; one attempt per call within store_timeout_ms, so a store that is down costs
         # a request ~2 s and a 503 that says so, not the jobs' retry chain (~24 s by default).
         self.store = Store(config.request_store())
+        self.reads = ReadCache(self.store, config)  # records for record_ttl_s; features per analysis
+        self.read = ReadRoutes(self)
         limit_bodies(config.max_body_bytes)
         self.model = model
         self.writes = WriteRoutes(self, graphs)
@@ -83,7 +88,7 @@ class FeatureAPI:
         return start, n
 
     def _dictionary(self, dictionary_id: str) -> dict[str, Any]:
-        doc = store_call(self.store.get_dictionary, dictionary_id)
+        doc = store_call(self.reads.record, dictionary_id)
         if doc is None:
             raise HTTPException(404, f"dictionary {dictionary_id!r} not found")
         return doc
@@ -122,12 +127,10 @@ class FeatureAPI:
     @app.get("/api/dictionaries/{dictionary_id}", response_model=m.DictionaryDetail, tags=["dictionaries"])
     def get_dictionary(self, dictionary_id: IdPath) -> dict[str, Any]:
         """One dictionary record and the number of feature documents stored now."""
-        doc = self._dictionary(dictionary_id)
-        n = store_call(self.store.count_features, dictionary_id)
-        return {**public_dictionary(doc), "stored_features": n}
+        return self.read.dictionary(dictionary_id)
 
     @app.get("/api/dictionaries/{dictionary_id}/features", response_model=m.FeaturePage, tags=["features"])
-    def page_features(
+    async def page_features(
         self,
         dictionary_id: IdPath,
         hook: OptionalId = None,
@@ -137,79 +140,33 @@ class FeatureAPI:
         limit: Limit = None,
         page: Page = None,
         page_size: PageSize = None,
-    ) -> dict[str, Any]:
+    ) -> Any:
         """A page of the dictionary's features (of one hook when given), without their bulky arrays."""
         start, n = self._page(skip, limit, page, page_size)
-        self._dictionary(dictionary_id)
-        docs = store_call(
-            self.store.page_features,
-            dictionary_id,
-            hook,
-            sort_by=sort_by,
-            descending=order == "desc",
-            skip=start,
-            limit=n,
-            summary=True,
-        )
-        total = store_call(self.store.count_features, dictionary_id, hook)
-        return {
-            "dictionary_id": dictionary_id,
-            "hook": hook,
-            "sort_by": sort_by,
-            "order": order,
-            "total": total,
-            "skip": start,
-            "limit": n,
-            "next_skip": start + n if start + n < total else None,
-            "items": [summary(d) for d in docs],
-        }
+        return await self.read.page(dictionary_id, hook, sort_by, order, start, n)
 
     @app.get(
         "/api/dictionaries/{dictionary_id}/features/{hook}/{index}",
         response_model=m.FeatureDetail,
         tags=["features"],
     )
-    def get_feature(self, dictionary_id: IdPath, hook: HookPath, index: IndexPath) -> dict[str, Any]:
+    async def get_feature(self, dictionary_id: IdPath, hook: HookPath, index: IndexPath) -> Any:
         """Everything stored about one feature: statistics, histogram, top and quantile examples,
         direct logit attribution, explanations and their scores."""
-        doc = store_call(self.store.get_feature, dictionary_id, hook, index)
-        if doc is None:
-            record = self._dictionary(dictionary_id)
-            d_sae = record.get("d_sae")
-            if isinstance(d_sae, int) and index >= d_sae:
-                raise HTTPException(
-                    404, f"index {index} is out of range: {dictionary_id!r} has d_sae={d_sae}"
-                )
-            hooks = record.get("hooks") or record.get("hooks_in")  # "hooks": the stored hook values
-            if isinstance(hooks, list) and hooks and hook not in hooks:
-                raise HTTPException(404, f"hook {hook!r} is not one of {dictionary_id!r}'s hooks {hooks}")
-            raise HTTPException(404, f"feature {index} of {hook!r} in {dictionary_id!r} has no stored record")
-        explanations = store_call(self.store.get_explanations, dictionary_id, hook, index)
-        scores = store_call(self.store.get_scores, dictionary_id, hook, index)
-        return {**doc, "explanations": explanations, "scores": scores}
+        return await self.read.feature(dictionary_id, hook, index)
 
     @app.get("/api/search/tokens", response_model=m.FeatureList, tags=["search"])
-    def features_by_token(
+    async def features_by_token(
         self,
         token: SearchText,
         dictionary_id: OptionalId = None,
         hook: OptionalId = None,
         limit: Limit = None,
-    ) -> dict[str, Any]:
+    ) -> Any:
         """Features whose top positive DLA tokens include ``token`` exactly (mind leading spaces),
         strongest max activation first."""
         _, n = self._page(None, limit, None, None)
-        if dictionary_id is not None:
-            self._dictionary(dictionary_id)
-        docs = store_call(
-            self.store.find_features_by_token,
-            token,
-            dictionary_id=dictionary_id,
-            hook=hook,
-            limit=n,
-            summary=True,
-        )
-        return {"items": [summary(d) for d in docs]}
+        return await self.read.by_token(token, dictionary_id, hook, n)
 
     @app.get("/api/search/explanations", response_model=m.ExplanationList, tags=["search"])
     def search_explanations(

