@@ -44,7 +44,18 @@ def dead_store_url(server: Server) -> Iterator[str]:
     try:
         yield f"{server.url}/dead"
     finally:
-        serve.delete("dead")
+        # when this module runs last in the folder, conftest's teardown hook has shut Serve down
+        # already (and the app with it); deleting then would start a new controller and fail
+        if "dead" in serve_applications():
+            serve.delete("dead")
+
+
+def serve_applications() -> set[str]:
+    """Names of the running Serve applications; empty when Serve is not running."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return set() if client is None else set(client.get_serve_details().get("applications", {}))
 
 
 def test_request_store_makes_one_short_attempt():
