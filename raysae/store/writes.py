@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gridfs
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import ReplaceOne, UpdateOne, WriteConcern
 from pymongo.collection import Collection
 from pymongo.database import Database
 
@@ -56,7 +56,7 @@ class StoreWrites:
         self, collection: str, items: Iterable[tuple[Document, Body]], replace: bool = True
     ) -> int:
         """Upsert (identity, body) pairs in batches; returns the number of documents written."""
-        coll = self.db[collection]
+        coll = journaled(self.db[collection])
         identity_fields = s.IDENTITY[collection]
         written = 0
         batch: dict[str, tuple[Document, Document, list[str]]] = {}
@@ -271,6 +271,19 @@ class StoreWrites:
             f"deleting dictionary {d}", lambda: coll.delete_many({"dictionary_id": d}).deleted_count
         )
         return counts
+
+
+def journaled(coll: Collection) -> Collection:
+    """``coll`` with writes acknowledged only once in the server's journal (``j: true``), other write
+    concern options kept. Acknowledged by default, a write may still sit in the journal buffer, which a
+    killed server loses (secantusd-py lost the last 1-2 documents of a 16-document batch killed right
+    after its acknowledgement; mongod with ``j: false`` can too), while the job, told they were written,
+    never writes them again. Costs ~20 % on bulk feature writes. An unacknowledged concern (``w: 0``)
+    stays as it is."""
+    concern = coll.write_concern.document
+    if concern.get("w") == 0 or concern.get("j") or concern.get("fsync"):
+        return coll
+    return coll.with_options(write_concern=WriteConcern(**{**concern, "j": True}))
 
 
 def _mapping(doc: Any, model: type[StoreDoc]) -> Any:

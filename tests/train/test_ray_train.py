@@ -1,11 +1,9 @@
 """Training on Ray Train with the real SmolLM2: streaming into sharded workers, CLT and CrossCoder,
-resume after a worker is killed, and settings that must fail before any worker starts."""
+and settings that must fail before any worker starts. Resuming after a killed worker or driver is in
+tests/drills/test_train_drills.py."""
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import torch
 import raysae
 from raysae.config.run import TrainCLTSettings, TrainCrossCoderSettings, TrainSAESettings
 from raysae.train.ray_setup import SettingsError, preflight
-from raysae.train.ray_train import train, train_clt, train_crosscoder, train_sae
+from raysae.train.ray_train import train_clt, train_crosscoder, train_sae
 
 pytestmark = pytest.mark.slow
 
@@ -98,86 +96,6 @@ def test_clt_and_crosscoder_train_and_export(ray_session, tmp_path):
     model = raysae.load_dictionary(result.dictionary_path)
     assert model.cfg.architecture == "crosscoder" and tuple(model.W_dec.shape) == (2, 128, 576)
     assert result.steps == 8
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    from raysae.config.data import ActivationsConfig, CacheConfig, CacheJobConfig
-    from raysae.data.cache import write_cache
-
-    folder = tmp_path_factory.mktemp("cache")
-    acts = ActivationsConfig.model_validate(
-        {
-            "hooks": ["blocks.1.hook_resid_post"],
-            "total_tokens": 64 * 40,
-            "batch_windows": 4,
-            "tokens": {"context_size": 32},
-        }
-    )
-    write_cache(
-        CacheJobConfig(activations=acts, cache=CacheConfig(dir=str(folder), shard_rows=512)),
-        use_ray=False,
-        progress=False,
-    )
-    return folder
-
-
-def _cache_settings(tmp_path: Path, cache: Path, name: str, max_failures: int = 0) -> TrainSAESettings:
-    return TrainSAESettings.model_validate(
-        {
-            "sae": {
-                "d_model": 576,
-                "d_sae": 256,
-                "act_fn": "topk",
-                "top_k": 8,
-                "hook_point_in": "blocks.1.hook_resid_post",
-            },
-            "trainer": {
-                "batch_size": 64,
-                "total_training_tokens": 64 * 36,
-                "log_every_steps": 4,
-                "checkpoint_every_steps": 6,
-                "initializer": {"init_batches": 1},
-            },
-            "cache_path": str(cache),
-            "shuffle": False,
-            "ray": {"data_parallel_size": 1, "model_parallel_size": 1, "max_failures": max_failures},
-            "wandb": {"enabled": False},
-            "output_dir": str(tmp_path / name),
-            "run_name": name,
-        }
-    )
-
-
-def _kill_a_worker_after_first_checkpoint(storage: Path, killed: list[int]) -> None:
-    from ray._private.state import actors  # the GCS actor table; the state API needs a dashboard
-
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(storage.glob("*/checkpoint_*")):
-        time.sleep(0.2)
-    for info in actors().values():
-        if info["ActorClassName"].endswith("RayTrainWorker") and info["State"] == "ALIVE":
-            os.kill(info["Pid"], signal.SIGKILL)
-            killed.append(info["Pid"])
-            return
-
-
-def test_resume_after_worker_killed_matches_uninterrupted_run(ray_session, tmp_path, cache_dir):
-    reference = train(_cache_settings(tmp_path, cache_dir, "reference"))
-    settings = _cache_settings(tmp_path, cache_dir, "killed", max_failures=2)
-    killed: list[int] = []
-    killer = threading.Thread(
-        target=_kill_a_worker_after_first_checkpoint, args=(tmp_path / "killed" / "ray", killed), daemon=True
-    )
-    killer.start()
-    resumed = train(settings)
-    killer.join(timeout=5)
-    assert killed, "no worker was killed: the test did not exercise a failure"
-    assert resumed.steps == reference.steps == 36
-    a = raysae.load_dictionary(reference.dictionary_path).state_dict()
-    b = raysae.load_dictionary(resumed.dictionary_path).state_dict()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=f"{name} differs after resume")
 
 
 @pytest.mark.parametrize(
