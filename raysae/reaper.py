@@ -125,13 +125,56 @@ def marked_processes(mark: str) -> list[int]:
     return found
 
 
-def sweep(mark: str, grace_s: float = GRACE_S, limit_s: float = SWEEP_S) -> int:
-    """End every process that carries ``mark`` (SIGTERM, then SIGKILL after ``grace_s``), also those
-    that appear meanwhile; returns how many were signalled."""
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a running process from /proc; None when gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[19]
+
+
+def descendants(roots: list[int]) -> dict[int, str]:
+    """{pid: start time} of ``roots`` and every process below them (Linux /proc; empty elsewhere)."""
+    if not os.path.isdir("/proc"):
+        return {}
+    parent_of: dict[int, int] = {}
+    started: dict[int, str] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := _stat(int(name))) is not None:
+            parent_of[int(name)], started[int(name)] = st
+    found = {pid for pid in roots if pid in started}
+    grew = True
+    while grew:
+        below = {pid for pid, ppid in parent_of.items() if ppid in found and pid not in found}
+        found |= below
+        grew = bool(below)
+    return {pid: started[pid] for pid in found}
+
+
+def _still(known: dict[int, str]) -> list[int]:
+    """The pids of ``known`` that still run as the same process (same start time: no reused pid)."""
+    out = []
+    for pid, start in known.items():
+        st = _stat(pid)
+        if st is not None and st[1] == start:
+            out.append(pid)
+    return out
+
+
+def sweep(
+    mark: str, grace_s: float = GRACE_S, limit_s: float = SWEEP_S, known: dict[int, str] | None = None
+) -> int:
+    """End every process that carries ``mark``, and every process of ``known`` (pid → start time) still
+    running, SIGTERM then SIGKILL after ``grace_s``, also those that appear meanwhile; returns how many
+    were signalled."""
     deadline = time.monotonic() + limit_s
     termed: dict[int, float] = {}
+    known = dict(known or {})
     while time.monotonic() < deadline:
-        pids = marked_processes(mark)
+        known.update(descendants(marked_processes(mark)))
+        pids = _still(known)
         if not pids:
             break
         now = time.monotonic()
@@ -147,14 +190,20 @@ def sweep(mark: str, grace_s: float = GRACE_S, limit_s: float = SWEEP_S) -> int:
 
 def watch(mark: str, parent: int, fd: int = 0) -> None:
     """Wait until ``fd`` reaches end of file (the driver closed it or died) or the parent changes
-    (the driver died and this process was handed to another), then sweep."""
+    (the driver died and this process was handed to another), then sweep. Meanwhile, every second,
+    remember the marked processes and all below them: the raylet starts its agents with an
+    environment of its own making, which does not always carry the mark (measured with Ray 2.60), and
+    once the driver is gone the raylet dies with it and its orphaned agents can only be found so."""
+    known: dict[int, str] = {}
     while True:
         ready, _, _ = select.select([fd], [], [], 1.0)
         if ready and not os.read(fd, 4096):
             break
         if os.getppid() != parent:
             break
-    sweep(mark)
+        known = {pid: known[pid] for pid in _still(known)}  # forget the ones that ended
+        known.update(descendants(marked_processes(mark)))
+    sweep(mark, known=known)
 
 
 def main(argv: list[str]) -> int:

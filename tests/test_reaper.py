@@ -25,16 +25,17 @@ from raysae.reaper import GRACE_S, Reaper, marked_processes
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds processes through /proc")
 
 # A driver that marks a child (which starts a grandchild in a session of its own that ignores SIGTERM,
-# as a Ray worker in its own process group would be out of reach of a group kill) and starts one
-# unmarked process; then it waits to be killed.
+# as a Ray worker in its own process group would be out of reach of a group kill, and without the mark
+# in its environment, as the raylet sometimes starts its agents) and starts one unmarked process; then
+# it waits to be killed.
 _DRIVER = textwrap.dedent(
     """
     import subprocess, sys, time
     from raysae.reaper import Reaper
 
     READY = sys.argv[1]  # the stubborn one touches it once it ignores SIGTERM
-    STUBBORN = f"import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); pathlib.Path({READY!r}).touch(); time.sleep(300)"
-    CHILD = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {STUBBORN!r}], start_new_session=True); time.sleep(300)"
+    STUBBORN = f"import os, pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); pathlib.Path({READY!r} + '.tmp').write_text(str(os.getpid())); os.rename({READY!r} + '.tmp', {READY!r}); time.sleep(300)"
+    CHILD = f"import os, subprocess, sys, time; env = {{k: v for k, v in os.environ.items() if k != 'RAYSAE_REAPER'}}; subprocess.Popen([sys.executable, '-c', {STUBBORN!r}], start_new_session=True, env=env); time.sleep(300)"
     reaper = Reaper.start()
     with reaper.marking():
         subprocess.Popen([sys.executable, "-c", CHILD])
@@ -74,12 +75,16 @@ def test_killed_driver_takes_its_marked_processes_along(tmp_path):
         mark, watchdog_pid, bystander_pid = driver.stdout.readline().split()
         watchdog, bystander = int(watchdog_pid), int(bystander_pid)
         assert _wait_for(ready.exists, 30) is not None, "children did not start"
-        assert len(marked_processes(mark)) == 2
+        grandchild = int(ready.read_text())
+        assert len(marked_processes(mark)) == 1 and grandchild not in marked_processes(mark)
         assert watchdog not in marked_processes(mark)
+        time.sleep(1.5)  # the watchdog notes what runs below the marked processes every second
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-        took = _wait_for(lambda: not marked_processes(mark), 10 + GRACE_S)
-        assert took is not None, f"still running: {marked_processes(mark)}"
+        took = _wait_for(lambda: not marked_processes(mark) and not _alive(grandchild), 10 + GRACE_S)
+        assert took is not None, (
+            f"still running: {marked_processes(mark)}, {grandchild}: {_alive(grandchild)}"
+        )
         assert took >= GRACE_S * 0.5  # the stubborn one needed the SIGKILL after the grace period
         assert _wait_for(lambda: not _alive(watchdog), 10) is not None, "the watchdog did not exit"
         assert _alive(bystander), "an unmarked process was killed"
