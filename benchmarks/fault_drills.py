@@ -37,6 +37,7 @@ from drill_kit import DrillResult, table  # noqa: E402
 
 DRILLS = (
     "model-actor",
+    "model-actor-streaming",
     "train-worker",
     "train-driver",
     "store-analysis",
@@ -85,6 +86,10 @@ def run(only: set[str], serve_replicas: list[int], tmp: Path) -> list[DrillResul
             drill("train-worker", worker_drill, cache, tmp / "train", reference)
             address = ray.get_runtime_context().gcs_address
             drill("train-driver", driver_drill, cache, tmp / "train", reference, address)
+        if "model-actor-streaming" in only:
+            from train_drills import streaming_actor_drill
+
+            drill("model-actor-streaming", streaming_actor_drill, tmp / "stream")
         from store_drills import acknowledged_writes_drill, analysis_drill, autointerp_drill
 
         if "store-analysis" in only:

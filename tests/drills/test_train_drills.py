@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from drill_kit import table
-from train_drills import CHECKPOINT_EVERY, driver_drill, worker_drill
+from train_drills import CHECKPOINT_EVERY, driver_drill, streaming_actor_drill, worker_drill
 
 pytestmark = pytest.mark.slow
 
@@ -29,3 +29,11 @@ def test_killed_driver_rerun_resumes(ray_session, drill_cache, reference_diction
 
     address = ray.get_runtime_context().gcs_address
     _check(driver_drill(drill_cache, tmp_path, reference_dictionary, address))
+
+
+def test_killed_model_actor_during_streaming_training(ray_session, tmp_path):
+    result = streaming_actor_drill(tmp_path)
+    print(table([result]))
+    assert result.completed, result
+    assert (result.lost, result.duplicated) == (0, 0), result
+    assert result.recovery_s is not None, result

@@ -225,3 +225,72 @@ def driver_drill(cache: Path, out: Path, reference: Path, address: str) -> Drill
         "first step",
         same_as_uninterrupted=same,
     )
+
+
+STREAM_STEPS = 40
+MODEL_ACTOR = "MapWorker"  # Ray Data's actor class for map_batches(ActivationExtractor)
+
+
+def streaming_settings(out: Path) -> TrainSAESettings:
+    """One worker streaming layer-1 residuals from the model actors: 40 steps of 64 tokens."""
+    return TrainSAESettings.model_validate(
+        {
+            "sae": {"d_model": 576, "d_sae": 256, "act_fn": "topk", "top_k": 8, "hook_point_in": HOOK},
+            "trainer": {
+                "batch_size": 64,
+                "total_training_tokens": 64 * STREAM_STEPS,
+                "log_every_steps": 1,
+                "initializer": {"init_batches": 1},
+            },
+            "activations": {
+                "total_tokens": 64 * STREAM_STEPS * 2,
+                "batch_windows": 2,
+                "tokens": {"context_size": 32},
+            },
+            "ray": {"data_parallel_size": 1, "model_parallel_size": 1},
+            "wandb": {"enabled": False},
+            "output_dir": str(out / "stream-actor-killed"),
+            "run_name": "stream-actor-killed",
+        }
+    )
+
+
+def streaming_actor_drill(out: Path) -> DrillResult:
+    """SIGKILL the Ray Data actor holding SmolLM2 while streaming training consumes it (after step 8);
+    Ray Data restarts the actor and retries its tasks, and training must still run every step on the
+    full token budget."""
+    settings = streaming_settings(out)
+    board = recording_board(settings.run_name)
+    try:
+        job = Background(lambda: train(settings))
+        wait_for(lambda: job.done or board_step(board) >= 8, 600, "step 8 of the streaming run", 0.02)
+        assert not job.done, f"the run ended before the kill: {job.error}"
+        killed = actor_pids(MODEL_ACTOR)
+        assert killed, "no model actor to kill"
+        reached = board_step(board)
+        signal_all(killed[:1], signal.SIGKILL)
+        t_kill = time.time()
+        job.join(600)
+        reports = ray.get(board.all.remote())
+    finally:
+        ray.kill(board)
+    if job.error is not None:
+        raise job.error
+    result: TrainResult = job.result  # type: ignore[assignment]
+    later = [t for t, step in reports if t > t_kill and step > reached]
+    lines = (Path(settings.output_dir) / "metrics.jsonl").read_text().splitlines()
+    steps = [int(json.loads(line)["step"]) for line in lines if line]
+    return DrillResult(
+        drill="model actor, streaming training",
+        killed=f"Ray Data model actor (pid {killed[0]})",
+        when=f"after step {reached} of {STREAM_STEPS}",
+        completed=result.steps == STREAM_STEPS,
+        unit="steps",
+        lost=len(set(range(1, STREAM_STEPS + 1)) - set(steps)),
+        duplicated=duplicates(steps),
+        replayed=None,
+        recovery_s=(later[0] - t_kill) if later else None,
+        failures=1,  # the dead actor's tasks, retried on its replacement
+        notes="recovery: kill to the next step reported past the one reached; streamed rows are not "
+        "identified one by one (the cache drill checks rows by identity on the same pipeline)",
+    )
