@@ -152,16 +152,20 @@ def test_autointerp_board_queries_the_metrics_autointerp_defines():
 
 
 def test_autointerp_metrics_are_a_no_op_without_ray():
-    import ray
+    """In a fresh process (the suite's own Ray session would be running here): recording without Ray
+    makes no metric and starts no Ray."""
+    import subprocess
+    import sys
 
-    from raysae.autointerp import telemetry
-
-    if ray.is_initialized():
-        pytest.skip("this session's Ray is running")
-    before = dict(telemetry._made)
-    telemetry.request_done("m", "ok", 0.1)
-    telemetry.feature_done("d", "explain", "ok")
-    assert telemetry._made == before and not ray.is_initialized()
+    code = (
+        "import ray\n"
+        "from raysae.autointerp import telemetry\n"
+        "before = dict(telemetry._made)\n"
+        "telemetry.request_done('m', 'ok', 0.1)\n"
+        "telemetry.feature_done('d', 'explain', 'ok')\n"
+        "assert telemetry._made == before and not ray.is_initialized()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 # ---- the real thing: run every workload, scrape Ray ---------------------------------------------------
