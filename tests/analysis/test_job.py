@@ -21,8 +21,9 @@ from raysae.dictionaries import load_dictionary
 pytestmark = pytest.mark.slow
 
 # Float32 noise: the replica and the reference batch windows differently, so BLAS sums in another order
-# (observed up to 1.3e-5 relative on activations near 10).
-RTOL, ATOL = 1e-4, 1e-5
+# through every block before the hook (observed 1.3e-5, then 1.1e-4 relative on activations of 6-10 in
+# fresh-clone CI runs); 1e-3 keeps an order of magnitude above that and far below any real difference.
+RTOL, ATOL = 1e-3, 1e-4
 
 
 @contextlib.contextmanager
