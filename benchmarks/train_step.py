@@ -4,6 +4,9 @@ SAELens, and a plain dense torch step, interleaved in one run on the same config
     .venv/bin/python benchmarks/train_step.py [--d-model 576] [--latents 9216] [--k 32] [--batch 4096]
         [--steps 3] [--rounds 3] [--no-peers]
 
+With CUDA (and triton), two more rows time the sparse path on the GPU: the torch CSR functions and the
+fused Triton decode (``raysae.dictionaries.sparse_triton``), forced by ``RAYSAE_SPARSE_KERNEL``.
+
 A step is forward + backward + Adam (plus each library's own decoder-norm handling). The peers are
 installed on first use, each in its own virtual environment under ``$RAYSAE_HOME/peers`` (CPU torch
 pinned first); they are never dependencies of raysae and none of their code is used by it. Rounds
@@ -13,7 +16,9 @@ interleave every variant so machine noise hits all alike; the table shows the me
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -105,10 +110,11 @@ def timed(fn, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool, bf16: bool = False):
+def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool, bf16: bool = False, device: str = "cpu"):
     """A bound Trainer whose step the benchmark calls (half the latents dead when ``auxk``)."""
     torch.manual_seed(0)
-    sae = build_dictionary(SAEConfig(d_model=args.d_model, d_sae=args.latents, act_fn="topk", top_k=args.k))
+    cfg = SAEConfig(d_model=args.d_model, d_sae=args.latents, act_fn="topk", top_k=args.k)
+    sae = build_dictionary(cfg).to(device)
     cfg = TrainerConfig(
         batch_size=args.batch,
         total_training_tokens=args.batch * 10**6,
@@ -118,7 +124,7 @@ def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool, bf16: bool =
         dead_after_tokens=10**12,
     )
     trainer = Trainer(cfg, progress=False)
-    x = torch.randn(args.batch, args.d_model)
+    x = torch.randn(args.batch, args.d_model, device=device)
     trainer.initialize(sae, [x])
     trainer.setup(sae)
     if not auxk:
@@ -132,6 +138,26 @@ def raysae_step(args: argparse.Namespace, sparse: bool, auxk: bool, bf16: bool =
         return out
 
     return step
+
+
+def cuda_sparse_step(args: argparse.Namespace, kernel: str):
+    """The sparse step on the GPU with ``sparse_decode`` forced to ``kernel`` (torch or triton); it
+    synchronizes so that the timer sees the kernels, not their launch."""
+    step = raysae_step(args, sparse=True, auxk=False, device="cuda")
+
+    def run():
+        before = os.environ.get("RAYSAE_SPARSE_KERNEL")
+        os.environ["RAYSAE_SPARSE_KERNEL"] = kernel
+        try:
+            step()
+            torch.cuda.synchronize()
+        finally:
+            if before is None:
+                del os.environ["RAYSAE_SPARSE_KERNEL"]
+            else:
+                os.environ["RAYSAE_SPARSE_KERNEL"] = before
+
+    return run
 
 
 def plain_dense_step(args: argparse.Namespace):
@@ -170,6 +196,9 @@ def main() -> None:
         "raysae sparse + AuxK": raysae_step(args, sparse=True, auxk=True),
         "raysae sparse bf16": raysae_step(args, sparse=True, auxk=False, bf16=True),
     }
+    if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        variants["raysae sparse cuda torch"] = cuda_sparse_step(args, "torch")
+        variants["raysae sparse triton"] = cuda_sparse_step(args, "triton")
     peers = [] if args.no_peers else list(PEERS)
     times: dict[str, list[float]] = {name: [] for name in [*variants, *peers]}
     for r in range(args.rounds):

@@ -9,7 +9,8 @@ over ``[batch, d_sae]`` and two autograd functions do the sparse products:
 - ``gather_active(x, W_enc, b_enc, pre, pattern)``: the pre-activations at the pattern (computed once,
   densely, without autograd); backward: ``dW_enc = xᵀ G``, ``db_enc``, ``dx = G W_encᵀ`` with G sparse;
 - ``sparse_decode(values, W_dec, pattern)``: ``Z W_dec``; backward: ``dvalues = (gY W_decᵀ)`` sampled at
-  the pattern (``torch.sparse.sampled_addmm``) and ``dW_dec = Zᵀ gY`` (a CSR of the transpose).
+  the pattern (``torch.sparse.sampled_addmm``) and ``dW_dec = Zᵀ gY`` (a CSR of the transpose). On CUDA
+  with triton it runs fused kernels instead (``raysae.dictionaries.sparse_triton``, same gradients).
 
 The dense path (``SparseDictionary.compute_loss``) stays the reference for every activation; tests check
 the two agree in float64 (loss, gradients, parameters after Adam). DTensor-sharded dictionaries run the
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from raysae.dictionaries.sparse_triton import triton_available, triton_sparse_decode
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -69,10 +72,15 @@ class Pattern:
     def csr(self, values: Tensor) -> Tensor:
         return _csr(self.crow, self.col, values, self.shape)
 
-    def csr_transposed(self, values: Tensor) -> Tensor:
-        """The ``[cols, rows]`` transpose as CSR (sorted by column, stable within a column)."""
+    def transposed(self) -> tuple[Pattern, Tensor]:
+        """The ``[cols, rows]`` transpose (sorted by column, stable within a column) and the order that
+        takes this pattern's entries to it."""
         order = torch.argsort(self.col, stable=True)
-        t = Pattern.from_rows(self.col[order], self.row[order], (self.shape[1], self.shape[0]))
+        return Pattern.from_rows(self.col[order], self.row[order], (self.shape[1], self.shape[0])), order
+
+    def csr_transposed(self, values: Tensor) -> Tensor:
+        """The ``[cols, rows]`` transpose as CSR."""
+        t, order = self.transposed()
         return _csr(t.crow, t.col, values[order], t.shape)
 
     def dense(self, values: Tensor) -> Tensor:
@@ -164,5 +172,8 @@ def gather_active(
 
 
 def sparse_decode(values: Tensor, W_dec: Tensor, pattern: Pattern) -> Tensor:
-    """``Z W_dec`` ``[rows, d_model]`` for the sparse Z with ``values`` at ``pattern``."""
+    """``Z W_dec`` ``[rows, d_model]`` for the sparse Z with ``values`` at ``pattern``: the fused Triton
+    kernels where ``triton_available`` says so (CUDA with triton, or forced), the torch functions elsewhere."""
+    if triton_available(values.device):
+        return triton_sparse_decode(values, W_dec, pattern)
     return _SparseDecode.apply(values, W_dec, pattern)
