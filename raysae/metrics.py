@@ -16,6 +16,7 @@ group with ``per_group=True``, giving one value per layer or head.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,51 @@ def kl_from_log_probs(log_p: Tensor, log_q: Tensor) -> Tensor:
 def kl_divergence(logits_clean: Tensor, logits_other: Tensor) -> Tensor:
     """Per-token KL(p_clean ‖ p_other) from logits ``[..., vocab]``."""
     return kl_from_log_probs(log_probs(logits_clean), log_probs(logits_other))
+
+
+CHUNK_BYTES = {"cpu": 1 << 22}
+"""Bytes of one run's logits that ``next_token_ce_kl`` handles at a time, by device type: on a CPU a
+few rows, which stay in cache through the passes over them; elsewhere (default 64 MiB) fewer, larger
+kernels matter more."""
+
+
+def next_token_ce_kl(
+    logits: Sequence[Tensor], tokens: Tensor, ce_mask: Tensor, kl_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Summed next-token CE of each run and summed KL(run 0 ‖ run j) of the others, float64 ``([k],
+    [k-1])``, from each run's logits ``[B, T, vocab]``; the masks ``[B, T-1]`` say which predictions of
+    ``tokens[:, 1:]`` count in each sum.
+
+    The numbers of ``log_probs`` then ``kl_from_log_probs`` without a ``[rows, vocab]`` log-softmax
+    per run (its memory passes were most of the metric's time): per run and a few rows at a time,
+    z = logit − max, e = exp(z), s = Σ e summed in float64; CE = log s − z[target] and KL(0 ‖ j) =
+    Σ e_0·(z_0 − z_j) / s_0 + log s_j − log s_0, with e_0 from run 0's pass. No term is of the size of
+    the logits (a shift of all logits cancels in z), so a KL is off by ~1e-8 of itself plus ~1e-9
+    nats per token (float32 ``exp`` rounding), where float32 log-probabilities carry ~1e-6.
+    """
+    n, t = tokens.shape
+    vocab = logits[0].shape[-1]
+    flat = [lg.reshape(n * t, vocab) for lg in logits]  # views; a window's last row is weighed 0
+    target = torch.cat([tokens.reshape(-1)[1:], tokens.new_zeros(1)])[:, None]
+    w_ce, w_kl = (torch.nn.functional.pad(m.double(), (0, 1)).reshape(-1) for m in (ce_mask, kl_mask))
+    step = max(1, CHUNK_BYTES.get(tokens.device.type, 1 << 26) // (vocab * 4))
+    ce = torch.zeros(len(logits), dtype=torch.float64, device=tokens.device)
+    kl = torch.zeros(len(logits) - 1, dtype=torch.float64, device=tokens.device)
+    for lo in range(0, n * t, step):
+        rows = slice(lo, lo + step)
+        for j, lg in enumerate(flat):
+            x = lg[rows].float()
+            z = x - x.amax(-1, keepdim=True)  # log-probability + log s
+            e = z.exp()
+            s = e.sum(-1, dtype=torch.float64)
+            log_s = s.log()
+            ce[j] += ((log_s - z.gather(-1, target[rows]).squeeze(-1)) * w_ce[rows]).sum()
+            if j == 0:
+                z0, e0, s0, log_s0 = z, e, s, log_s
+                continue
+            dot = torch.sub(z0, z, out=e).mul_(e0).sum(-1).double()  # e is spent: reuse it
+            kl[j - 1] += ((dot / s0 + log_s - log_s0) * w_kl[rows]).sum()
+    return ce, kl
 
 
 @dataclass

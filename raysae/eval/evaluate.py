@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -74,8 +75,12 @@ def evaluate(
     n_pred = 0
     bar = tqdm(total=acts_cfg.total_tokens, unit="tok", desc="evaluate", disable=not progress)
     for wb in source.token_windows():
-        tokens = torch.from_numpy(wb.tokens).to(lm.device)
-        keep = torch.from_numpy(wb.keep).to(lm.device)
+        kept_at = np.flatnonzero(wb.keep.any(0))
+        if kept_at.size == 0:
+            continue
+        width = int(kept_at[-1]) + 1  # later positions change nothing before them (causal): not run
+        tokens = torch.from_numpy(np.ascontiguousarray(wb.tokens[:, :width])).to(lm.device)
+        keep = torch.from_numpy(np.ascontiguousarray(wb.keep[:, :width])).to(lm.device)
         if splice:
             # clean, reconstruction spliced and zero-ablated runs share everything before the hook:
             # one pass to it, then the rest of the model on the three stacked along the batch
@@ -97,16 +102,15 @@ def evaluate(
         l0_sum += M.active_latents(z).sum(0)
         n_tokens += z.shape[0]
         if splice:
-            target = keep[:, 1:]  # predicted tokens that count
-            # One log-softmax per run, over the counted rows only; CE and KL both read it.
-            nxt = tokens[:, 1:][target][:, None]
-            lp = {name: M.log_probs(lg[:, :-1][target]) for name, lg in
-                  (("clean", logits_clean), ("reconstructed", logits_recon), ("zero_ablated", logits_zero))}  # fmt: skip
-            for name, values in lp.items():
-                ce[name] += float(-values.gather(-1, nxt).sum())
-            pos = keep[:, :-1][target]  # KL where the predicting position is a kept one too
-            for name in kl:
-                kl[name] += float(M.kl_from_log_probs(lp["clean"][pos], lp[name][pos]).sum())
+            # predictions of kept tokens count for CE; for KL, only those made at a kept position too
+            target = keep[:, 1:]
+            ce_sums, kl_sums = M.next_token_ce_kl(
+                (logits_clean, logits_recon, logits_zero), tokens, target, target & keep[:, :-1]
+            )
+            for name, value in zip(ce, ce_sums.tolist(), strict=True):
+                ce[name] += value
+            for name, value in zip(kl, kl_sums.tolist(), strict=True):
+                kl[name] += value
             n_pred += int(target.sum())
         bar.update(int(keep.sum()))
     bar.close()

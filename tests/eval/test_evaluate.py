@@ -130,3 +130,50 @@ def test_shared_prefix_gives_the_three_separate_passes_numbers(lm, monkeypatch):
     for run in ("clean", "reconstructed", "zero_ablated"):
         assert shared["ce_loss"][run] == pytest.approx(separate["ce_loss"][run], rel=1e-5)
     assert shared["ce_loss"]["reconstructed"] > shared["ce_loss"]["clean"]  # a random transcoder hurts
+
+
+def test_ce_and_kl_match_float64_full_passes(lm, monkeypatch):
+    """CE/KL of evaluation (shared prefix, fused CE/KL, trailing unkept positions not run) against
+    three full passes per batch scored with float64 log-softmaxes; the last window (4 kept tokens)
+    runs 5 positions, not 64."""
+    from raysae.data.extract import ActivationSource
+
+    torch.manual_seed(1)
+    sae = build_dictionary(SAEConfig(d_model=576, d_sae=1152, act_fn="topk", top_k=16, hook_point_in=HOOK))
+    cfg = _cfg()
+    widths = []
+    run = type(lm).forward_variants
+
+    def spy(self, tokens, *args, **kwargs):
+        widths.append(tokens.shape[1])
+        return run(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(type(lm), "forward_variants", spy)
+    metrics = evaluate(sae, cfg, lm=lm, progress=False)
+    assert widths == [64, 64, 5]
+
+    ce, kl, n_pred = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
+    source = ActivationSource(cfg.activations.model_copy(update={"hooks": [HOOK]}), lm)
+    for wb in source.token_windows():
+        tokens, keep = torch.from_numpy(wb.tokens), torch.from_numpy(wb.keep)
+        with torch.no_grad():
+            a = lm.run_with_hooks(tokens, [HOOK])[HOOK]
+            recon, zero = a.clone(), a.clone()
+            recon[keep] = sae.eval()(a[keep])
+            zero[keep] = 0
+            logits = [lm.forward(tokens, replace={HOOK: lambda _, v=v: v})[0] for v in (a, recon, zero)]
+        lp = [lg[:, :-1].double().log_softmax(-1) for lg in logits]
+        target, both = keep[:, 1:], keep[:, 1:] & keep[:, :-1]
+        for i, x in enumerate(lp):
+            ce[i] += -x.gather(-1, tokens[:, 1:, None]).squeeze(-1)[target].sum()
+            kl[i] += (lp[0].exp() * (lp[0] - x)).sum(-1)[both].sum()
+        n_pred += int(target.sum())
+    ce, kl = (ce / n_pred).tolist(), (kl / n_pred).tolist()
+    assert [metrics["ce_loss"][k] for k in ("clean", "reconstructed", "zero_ablated")] == pytest.approx(
+        ce, rel=1e-5
+    )
+    assert [metrics["kl_div"][k] for k in ("reconstructed", "zero_ablated")] == pytest.approx(
+        kl[1:], rel=1e-4
+    )
+    assert metrics["ce_loss_recovered"] == pytest.approx((ce[2] - ce[1]) / (ce[2] - ce[0]), rel=1e-4)
+    assert metrics["kl_recovered"] == pytest.approx(1 - kl[1] / kl[2], rel=1e-4)
