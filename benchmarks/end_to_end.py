@@ -1,17 +1,29 @@
-"""Streaming training against generation alone and training from the cache alone, in one run, on one
-local Ray cluster: same model, hook, dictionary and token budget. Also per-worker parameter and Adam
-state memory at model-parallel 1 vs 2, as reported by the workers themselves.
+"""Streaming training against its bound, and Ray Data generation against a plain loop, in one run.
 
-    .venv/bin/python benchmarks/end_to_end.py [--tokens 32768] [--layer 3] [--d-sae 2304]
+    .venv/bin/python benchmarks/end_to_end.py [--tokens 409600] [--layer 3] [--d-sae 2304]
 
-Tokens/s are wall-clock over the whole job (start-up included) and, for training, the steady-state
-rate the workers report (``perf/tokens_per_s`` averaged after the first report).
+Everything runs on one local Ray cluster over the whole machine, the quickstart's shape by default
+(SmolLM2-135M, layer 3, TopK k=32, d_sae 2,304, 2 data-parallel workers, 409,600 tokens):
+
+- g, **generation alone**: the plain single-process loop (model load included) — the fastest way to
+  make the activations — and the Ray Data pipeline (actor start-up and model load included);
+- t, **training from the cache alone** (the same rows, written first; Ray Train start-up included);
+- **streaming training**: the Ray pipeline feeding the Ray Train workers (start-up included).
+
+When generation and training share the same cores, doing one after the other takes
+N/g + N/t, so the bound of streaming is 1/(1/g + 1/t); ``vs bound`` is the streaming rate over it (≥ 1:
+streaming overlapped some idle time away). ``cpu util`` is the CPU seconds of this process tree
+(driver, Ray's processes, actors, workers) over wall × cores: what the run kept busy. A memory table
+gives per-worker parameter and Adam state at model-parallel 1 vs 2 (``--memory``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +32,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+from cpu_tree import TreeCPU
+
 
 def _settings(args, out: Path, name: str, cache: Path | None = None, mp: int = 1, dp: int = 2):
     from raysae.config.run import TrainSAESettings
 
-    hook = f"blocks.{args.layer}.hook_resid_post"
     return TrainSAESettings.model_validate(
         {
             "sae": {
@@ -32,12 +45,13 @@ def _settings(args, out: Path, name: str, cache: Path | None = None, mp: int = 1
                 "d_sae": args.d_sae,
                 "act_fn": "topk",
                 "top_k": 32,
-                "hook_point_in": hook,
+                "hook_point_in": f"blocks.{args.layer}.hook_resid_post",
             },
             "trainer": {
                 "batch_size": 1024,
                 "total_training_tokens": args.tokens,
-                "log_every_steps": 4,
+                "log_every_steps": 20,
+                "checkpoint_every_steps": 100,
                 "initializer": {"init_batches": 1},
             },
             "activations": {"total_tokens": args.tokens, "batch_windows": 8, "tokens": {"context_size": 128}},
@@ -51,77 +65,135 @@ def _settings(args, out: Path, name: str, cache: Path | None = None, mp: int = 1
     )
 
 
-def _steady(history: list[dict]) -> float:
-    rates = [h["perf/tokens_per_s"] for h in history[1:]] or [history[-1]["perf/tokens_per_s"]]
-    return sum(rates) / len(rates)
+def generate(args: argparse.Namespace, how: str) -> None:
+    """One generation run in this fresh process; prints tokens and seconds since the process started
+    (interpreter, imports, model load and, for Ray, ``ray.init`` and the actor pool included)."""
+    import psutil
+
+    cfg = _settings(args, Path(tempfile.gettempdir()), "gen").activations
+    if how == "plain":
+        from raysae.data.extract import ActivationSource
+
+        n = sum(len(r["token_id"]) for r in ActivationSource(cfg).rows())
+    else:
+        import ray
+
+        from raysae.data.pipeline import activation_dataset, iter_row_chunks
+
+        ray.init(include_dashboard=False, log_to_driver=False)
+        n = sum(len(c["token_id"]) for c in iter_row_chunks(activation_dataset(cfg), progress=False))
+    seconds = time.time() - psutil.Process().create_time()
+    print(json.dumps({"tokens": n, "seconds": seconds}), flush=True)
+    if how == "ray":
+        ray.shutdown()
+
+
+def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> tuple[int, float, float]:
+    """(tokens, seconds from process start to the last row, CPU seconds of the process tree)."""
+    argv = [
+        sys.executable,
+        __file__,
+        "--generate",
+        how,
+        "--tokens",
+        str(args.tokens),
+        "--layer",
+        str(args.layer),
+    ]
+    out: dict = {}
+
+    def go() -> int:
+        done = subprocess.run(argv, capture_output=True, text=True, check=True)
+        out.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        return out["tokens"]
+
+    n, wall, cpu = probe.run(go)
+    return n, out["seconds"], cpu * out["seconds"] / wall
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--tokens", type=int, default=409_600)
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--d-sae", type=int, default=2304)
+    ap.add_argument("--memory", action="store_true", help="also train from the cache at mp=2 (memory table)")
+    ap.add_argument("--generate", choices=["plain", "ray"], help=argparse.SUPPRESS)  # the subprocess
     args = ap.parse_args()
+    if args.generate:
+        generate(args, args.generate)
+        return
 
     import ray
 
     from raysae.config.data import CacheConfig, CacheJobConfig
     from raysae.data.cache import write_cache
-    from raysae.data.pipeline import activation_dataset, iter_row_chunks
     from raysae.train.checkpoint import read_state
     from raysae.train.ray_train import train
 
     out = Path(tempfile.mkdtemp(prefix="raysae-e2e-"))
+    cores = os.cpu_count() or 1
+    probe = TreeCPU()
+    rows: list[tuple[str, int, float, float]] = []
+    memory: list[tuple[str, float, float]] = []
+    stream = _settings(args, out, "stream")
+    cache = out / "cache"
+    # Untimed: writes the cache and leaves the bundled model dequantised.
+    write_cache(
+        CacheJobConfig(activations=stream.activations, cache=CacheConfig(dir=str(cache))),
+        use_ray=False,
+        progress=False,
+    )
+    rows.append(("generation, plain loop (g)", *generation_row(args, "plain", probe)))
+    rows.append(("generation, Ray pipeline", *generation_row(args, "ray", probe)))
+    t0 = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False)
-    rows = []
+    init_s = time.perf_counter() - t0
     try:
-        stream = _settings(args, out, "stream")
-        t0 = time.perf_counter()
-        n = sum(
-            len(c["token_id"])
-            for c in iter_row_chunks(activation_dataset(stream.activations), progress=False)
-        )
-        gen_s = time.perf_counter() - t0
-        rows.append(("generation alone (Ray pipeline)", n / gen_s, None, None, None))
+        runs = [("training from cache (t)", _settings(args, out, "cache", cache=cache))]
+        if args.memory:
+            runs.append(
+                ("training from cache, mp=2", _settings(args, out, "cache2", cache=cache, dp=1, mp=2))
+            )
+        runs.append(("streaming training", stream))
+        for name, settings in runs:
+            result = None
 
-        cache = out / "cache"
-        write_cache(
-            CacheJobConfig(activations=stream.activations, cache=CacheConfig(dir=str(cache))), progress=False
-        )
-        for name, settings in [
-            ("training from cache, mp=1", _settings(args, out, "cache1", cache=cache, dp=1, mp=1)),
-            ("training from cache, mp=2", _settings(args, out, "cache2", cache=cache, dp=1, mp=2)),
-            ("streaming training, dp=2", stream),
-        ]:
-            t0 = time.perf_counter()
-            result = train(settings)
-            wall = time.perf_counter() - t0
-            history = read_state(result.checkpoint_path).history
-            last = history[-1]
-            rows.append(
+            def run(settings=settings) -> int:
+                nonlocal result
+                result = train(settings)
+                return result.tokens
+
+            rows.append((name, *probe.run(run)))
+            last = read_state(result.checkpoint_path).history[-1]
+            memory.append(
                 (
                     name,
-                    result.tokens / wall,
-                    _steady(history),
                     last["memory/param_bytes_per_worker"] / 2**20,
                     last["memory/optimizer_bytes_per_worker"] / 2**20,
                 )
             )
     finally:
         ray.shutdown()
+
+    rate = {name: n / wall for name, n, wall, _ in rows}
+    g, t = rate["generation, plain loop (g)"], rate["training from cache (t)"]
+    bound = 1 / (1 / g + 1 / t)
     print(
-        f"tokens={args.tokens}  hook=blocks.{args.layer}.hook_resid_post  d_sae={args.d_sae}  cpus={os.cpu_count()}"
+        f"\ntokens {args.tokens}, hook blocks.{args.layer}.hook_resid_post, d_sae {args.d_sae}, {cores} cores, "
+        f"ray.init {init_s:.1f} s (not counted in training rows); all rates start-up included (generation: "
+        "from a fresh process's start, interpreter and ray.init included)"
     )
-    base = rows[0][1]
-    print(
-        f"{'what':<34}{'tok/s wall':>12}{'vs gen':>8}{'tok/s steady':>14}{'params MiB/w':>14}{'adam MiB/w':>12}"
-    )
-    for name, wall_rate, steady, pmem, omem in rows:
-        fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
+    print(f"{'what':<30}{'seconds':>9}{'tok/s':>9}{'vs g':>7}{'vs bound':>10}{'cpu util':>10}")
+    for name, n, wall, cpu in rows:
+        vs_bound = f"{n / wall / bound:.2f}" if name == "streaming training" else "-"
         print(
-            f"{name:<34}{wall_rate:>12.0f}{wall_rate / base:>8.2f}{fmt(steady, '.0f'):>14}"
-            f"{fmt(pmem, '.1f'):>14}{fmt(omem, '.1f'):>12}"
+            f"{name:<30}{wall:>9.1f}{n / wall:>9.0f}{n / wall / g:>7.2f}{vs_bound:>10}{cpu / wall / cores:>10.2f}"
         )
+    print(f"{'bound 1/(1/g + 1/t)':<30}{args.tokens / bound:>9.1f}{bound:>9.0f}{bound / g:>7.2f}{1.0:>10.2f}")
+    if args.memory:
+        print(f"\n{'per-worker memory':<30}{'params MiB':>12}{'adam MiB':>10}")
+        for name, pmem, omem in memory:
+            print(f"{name:<30}{pmem:>12.1f}{omem:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,9 @@ class AnalysisConfig(StrictModel):
 
     activations: ActivationsConfig = Field(default_factory=ActivationsConfig)
     """Model, text source, tokenisation, token budget (total_tokens) and Ray resources. Its hooks are
-    replaced by the dictionary's input hooks; batch_windows is the model's forward batch."""
-    forward_passes_per_task: int = Field(4, gt=0)
-    """Forward batches (of activations.batch_windows windows) each Ray task analyses before it returns
-    its partial statistics; more means fewer, larger partials for the driver to merge."""
+    replaced by the dictionary's input hooks; batch_windows is the model's forward batch, and
+    forward_passes_per_task of them make one Ray task's partial statistics (more: fewer, larger partials
+    for the driver to merge)."""
     top_k_examples: int = Field(20, gt=0)
     """Top-activating examples kept per feature: the windows with the largest maximum activation of the
     feature, strongest first (ties: smaller window id first)."""
@@ -65,4 +64,4 @@ class AnalysisConfig(StrictModel):
     @property
     def windows_per_task(self) -> int:
         """Windows in one Ray task's input batch."""
-        return self.forward_passes_per_task * self.activations.batch_windows
+        return self.activations.forward_passes_per_task * self.activations.batch_windows

@@ -133,6 +133,10 @@ class ActivationsConfig(StrictModel):
     """Stop after this many activation rows (tokens that are kept); None runs to the end of the text."""
     batch_windows: int = Field(8, gt=0)
     """Windows per forward pass (the model's batch size)."""
+    forward_passes_per_task: int = Field(4, gt=0)
+    """Forward batches each Ray task of the pipeline runs before it returns (activation rows, or an
+    analysis' partial statistics). A Ray task costs ~14 ms besides its work: with one 1,024-token
+    forward per task a CPU replica ran at 0.90 of its rate with four (benchmarks/end_to_end.py)."""
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     """Replicas and CPU/GPU split on the cluster."""
 

@@ -61,9 +61,9 @@ class TokenWindowDatasource(Datasource):
         return [ReadTask(read, meta)]
 
 
-def read_blocks(cfg: ActivationsConfig, windows_per_task: int | None = None) -> int | None:
+def read_blocks(cfg: ActivationsConfig, windows_per_task: int) -> int | None:
     """How many blocks Ray Data should cut the token stream into, so each replica task gets about
-    ``windows_per_task`` windows (default ``cfg.batch_windows``, one forward batch); None: Ray's
+    ``windows_per_task`` windows (and never two blocks, so never twice that); None: Ray's
     default when the budget is unknown.
 
     Ray Data merges what one read task yields into blocks of up to ``target_max_block_size`` before
@@ -72,12 +72,13 @@ def read_blocks(cfg: ActivationsConfig, windows_per_task: int | None = None) -> 
     """
     if cfg.total_tokens is None:
         return None
-    per_task = windows_per_task or cfg.batch_windows
     t = cfg.tokens.context_size
     windows = math.ceil(cfg.total_tokens / max(1, t - 1))
     window_bytes = t * (3 * 8 + 1) + 8  # tokens, doc_ids, positions (int64), keep (bool), window_id
     per_block = max(1, (DataContext.get_current().target_max_block_size or 2**27) // window_bytes)
-    return max(1, min(100_000, math.ceil(min(windows, per_block) / per_task)))
+    # floor: blocks of at least per_task windows, so a task never bundles two blocks (which gave
+    # tasks of nearly twice the windows asked for and a short forward batch in each)
+    return max(1, min(100_000, min(windows, per_block) // windows_per_task))
 
 
 def window_map_dataset(
@@ -95,7 +96,8 @@ def window_map_dataset(
     ``map_class`` is a callable class for ``Dataset.map_batches`` (one model replica per actor:
     ``ActivationExtractor`` for activation rows, the analysis' ``FeatureAnalyzer`` for partial
     statistics); it is built as ``map_class(model=cfg.model, num_threads=..., **map_kwargs)``. Each
-    call gets ``windows_per_task`` windows (default ``cfg.batch_windows``). ``plan`` defaults to
+    call gets ``windows_per_task`` windows (default ``cfg.forward_passes_per_task`` forward batches of
+    ``cfg.batch_windows``). ``plan`` defaults to
     ``cluster_plan(cfg.resources, cfg.model.device)``; ``preserve_order`` keeps window order.
     The text source is checked here, in the driver, so a bad one fails in one line, not in a task.
     """
@@ -103,7 +105,7 @@ def window_map_dataset(
     plan = plan or cluster_plan(cfg.resources, cfg.model.device)
     model_source(cfg.model)  # dequantise the bundled model once here, not in every replica
     log.info("activation pipeline (%s): %s", map_class.__name__, plan.describe())
-    per_task = windows_per_task or cfg.batch_windows
+    per_task = windows_per_task or cfg.forward_passes_per_task * cfg.batch_windows
     windows = ray.data.read_datasource(
         TokenWindowDatasource(cfg, skip_windows),
         num_cpus=plan.read_cpus,
@@ -139,7 +141,7 @@ def activation_dataset(
     return window_map_dataset(
         cfg,
         ActivationExtractor,
-        {"hooks": list(cfg.hooks)},
+        {"hooks": list(cfg.hooks), "forward_windows": cfg.batch_windows},
         plan=plan,
         skip_windows=skip_windows,
         preserve_order=preserve_order,

@@ -41,6 +41,11 @@ class WindowBatch:
     def to_dict(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in ("tokens", "doc_ids", "positions", "keep", "window_ids")}
 
+    def chunks(self, windows: int) -> Iterator[WindowBatch]:
+        """Consecutive batches of at most ``windows`` windows (views, no copies)."""
+        for lo in range(0, len(self), windows):
+            yield WindowBatch(*(a[lo : lo + windows] for a in self.to_dict().values()))
+
     @classmethod
     def from_dict(cls, d: dict[str, np.ndarray]) -> WindowBatch:
         return cls(*(np.asarray(d[k]) for k in ("tokens", "doc_ids", "positions", "keep", "window_ids")))

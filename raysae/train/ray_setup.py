@@ -48,6 +48,7 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
     """Fail fast with a clear message on settings that cannot work; returns the resource plan."""
     import ray
 
+    from raysae.data.resources import node_cpus, threads_per_process
     from raysae.lm.hooks import HookError, parse_hook
 
     cluster = ray.cluster_resources()
@@ -62,7 +63,12 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
     d_sae = settings.dictionary.latent_count
     if d_sae % r.model_parallel_size:
         raise SettingsError(f"d_sae={d_sae} is not divisible by model_parallel_size={r.model_parallel_size}")
-    plan: dict[str, Any] = {"use_gpu": use_gpu, "cpus_per_worker": cpw, "pipeline": None}
+    plan: dict[str, Any] = {
+        "use_gpu": use_gpu,
+        "cpus_per_worker": cpw,
+        "pipeline": None,
+        "threads": threads_per_process(r.num_workers, cpw, use_gpu, cpus, node_cpus()),
+    }
     if settings.cache_path is not None:
         d_model = _cache_d_model(settings)
         if cpus - r.num_workers * cpw < 1.0:
@@ -87,7 +93,7 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
             }
         )
         try:
-            plan["pipeline"] = plan_resources(cluster, res, settings.activations.model.device)
+            plan["pipeline"] = plan_resources(cluster, res, settings.activations.model.device, node_cpus())
         except ResourceError as err:
             raise SettingsError(str(err)) from err
     _wait_for_free_cpus(r.num_workers * cpw + _pipeline_cpus(plan["pipeline"]), cpus)
@@ -147,7 +153,7 @@ def build_trainer(settings: AnyTrainSettings, plan: dict[str, Any], loop: Callab
     cpw = plan["cpus_per_worker"]
     return TorchTrainer(
         loop,
-        train_loop_config={"settings": settings.model_dump(mode="json"), "threads": max(1, int(cpw))},
+        train_loop_config={"settings": settings.model_dump(mode="json"), "threads": plan["threads"]},
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.num_workers, use_gpu=plan["use_gpu"], resources_per_worker={"CPU": cpw}
         ),

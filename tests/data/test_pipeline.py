@@ -105,6 +105,7 @@ def test_small_object_store_streams_without_materialising(ray_session):
             "batch_windows": 4,
             "tokens": {"context_size": 64},
             "resources": {"max_tasks_in_flight_per_replica": 1},
+            "forward_passes_per_task": 1,  # blocks well under the limit
         }
     )
     limit = 4 * 2**20
@@ -154,7 +155,7 @@ def test_rebatch_cuts_exact_batches():
         list(rebatch(chunks, 4, ["other"]))
 
 
-def test_read_blocks_give_about_one_forward_batch_per_task():
+def test_read_blocks_give_each_task_one_block_of_its_windows():
     from raysae.data.pipeline import read_blocks
 
     def cfg(total, batch=4, t=64):
@@ -162,8 +163,10 @@ def test_read_blocks_give_about_one_forward_batch_per_task():
             {"total_tokens": total, "batch_windows": batch, "tokens": {"context_size": t}}
         )
 
-    assert read_blocks(cfg(8000)) == 32  # ceil(8000 / 63) = 127 windows, 4 per batch
-    assert read_blocks(cfg(100)) == 1
-    assert read_blocks(ActivationsConfig()) is None  # no budget: Ray's default split
+    # ceil(8000 / 63) = 127 windows; blocks of at least 4 windows (31 of 4-5), never two per task
+    assert read_blocks(cfg(8000), 4) == 31
+    assert read_blocks(cfg(8000), 16) == 7
+    assert read_blocks(cfg(100), 4) == 1
+    assert read_blocks(ActivationsConfig(), 32) is None  # no budget: Ray's default split
     # A huge budget is cut per 128 MiB read block (~42k windows of 128 tokens), not per run.
-    assert read_blocks(cfg(10**9, batch=8, t=128)) == read_blocks(cfg(10**8, batch=8, t=128)) < 6000
+    assert read_blocks(cfg(10**9, batch=8, t=128), 8) == read_blocks(cfg(10**8, batch=8, t=128), 8) < 6000
