@@ -49,14 +49,8 @@ class ResourcePlan:
         )
 
 
-def plan_resources(
-    cluster: Mapping[str, float], res: ResourcesConfig, device: str = "auto", node_cpus: float | None = None
-) -> ResourcePlan:
-    """Compute the split for a cluster (``ray.cluster_resources()``), model device and settings.
-
-    ``node_cpus`` is the CPU count of the largest node (default: the whole cluster is one node); CPU
-    replicas get torch threads for their node's cores (``threads_per_process``).
-    """
+def plan_resources(cluster: Mapping[str, float], res: ResourcesConfig, device: str = "auto") -> ResourcePlan:
+    """Compute the split for a cluster (``ray.cluster_resources()``), model device and settings."""
     cpus = float(cluster.get("CPU", 0))
     gpus = float(cluster.get("GPU", 0))
     train_cpu = res.train_workers * res.cpus_per_train_worker
@@ -113,24 +107,9 @@ def plan_resources(
         train_workers=res.train_workers,
         cpus_per_train_worker=res.cpus_per_train_worker,
         gpus_per_train_worker=res.gpus_per_train_worker,
-        torch_threads=threads_per_process(replicas, cpus_per_replica, use_gpu, cpus, node_cpus),
+        torch_threads=max(1, round(cpus_per_replica)),
         max_tasks_in_flight_per_replica=res.max_tasks_in_flight_per_replica,
     )
-
-
-def threads_per_process(
-    processes: int, cpus_each: float, use_gpu: bool, cpus: float, node_cpus: float | None
-) -> int:
-    """torch threads for each of ``processes`` alike (model replicas, train workers): on CPU, the cores
-    of a node shared by those placed there (in proportion to the node's share of the cluster's CPUs) —
-    a Ray reservation is a scheduling share, and a process held to it leaves cores idle while the others
-    wait (on 2 cores, a replica beside train workers got 1 thread); on GPU, the reservation, since the
-    device does the work."""
-    if use_gpu:
-        return max(1, round(cpus_each))
-    node = node_cpus or cpus
-    on_node = max(1, math.ceil(processes * node / max(cpus, _EPS) - _EPS))
-    return max(1, math.floor(node / on_node + _EPS))
 
 
 def cluster_plan(res: ResourcesConfig, device: str = "auto") -> ResourcePlan:
@@ -139,12 +118,4 @@ def cluster_plan(res: ResourcesConfig, device: str = "auto") -> ResourcePlan:
 
     if not ray.is_initialized():
         raise ResourceError("Ray is not initialised: call ray.init() (or connect to a cluster) first")
-    return plan_resources(ray.cluster_resources(), res, device, node_cpus())
-
-
-def node_cpus() -> float | None:
-    """CPUs of the largest alive node of the connected cluster (None if Ray reports none)."""
-    import ray
-
-    sizes = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-    return max(sizes) if sizes and max(sizes) > 0 else None
+    return plan_resources(ray.cluster_resources(), res, device)

@@ -61,24 +61,3 @@ def test_gpus_one_replica_each():
 def test_impossible_splits_fail_at_once(cluster, kw, device, message):
     with pytest.raises(ResourceError, match=message):
         plan(cluster, device, **kw)
-
-
-def test_cpu_replicas_get_their_nodes_cores_not_their_reservation():
-    # Beside 2 train workers a replica reserves 1.25 of 2 CPUs but gets both cores' threads: the
-    # workers wait for rows most of the time, and 1 thread left a core idle.
-    assert plan({"CPU": 2.0}, train_workers=2).torch_threads == 2
-    assert plan({"CPU": 2.0}, replicas=2).torch_threads == 1
-    # Two 16-CPU nodes, 4 replicas: 2 per node, 8 threads each.
-    p = plan_resources({"CPU": 32.0}, ResourcesConfig(replicas=4), "cpu", node_cpus=16.0)
-    assert p.torch_threads == 8
-    # GPU replicas: threads for the CPUs they reserve.
-    assert plan({"CPU": 16.0, "GPU": 2.0}).torch_threads == 1
-
-
-def test_threads_per_process():
-    from raysae.data.resources import threads_per_process
-
-    assert threads_per_process(2, 0.25, False, 2.0, None) == 1
-    assert threads_per_process(1, 1.0, False, 2.0, 2.0) == 2
-    assert threads_per_process(3, 1.0, False, 8.0, 8.0) == 2
-    assert threads_per_process(2, 4.0, True, 16.0, 16.0) == 4
