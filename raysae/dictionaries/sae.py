@@ -8,7 +8,12 @@ from torch import Tensor, nn
 from raysae.config import SAEConfig
 from raysae.dictionaries.base import LATENT, Batch, LossOutput, SparseDictionary, factory_kwargs
 from raysae.dictionaries.registry import register
-from raysae.dictionaries.sparse import Pattern, SparseLatents, gather_active, sparse_decode
+from raysae.dictionaries.sparse import Pattern, SparseLatents, dense_active, gather_active, sparse_decode
+
+DENSE_AUX_MAX_RATIO = 8
+"""AuxK runs dense over the dead latents when they are at most this many times k_aux, sparse over its
+k_aux entries per row otherwise: dense products cost ∝ dead latents at ~140 GMAC/s, sparse ones ∝ k_aux
+at ~10 GMAC/s (2 CPU cores; benchmarks/train_step.py)."""
 
 
 @register
@@ -123,13 +128,26 @@ class SparseAutoencoder(SparseDictionary):
     def _sparse_aux_k(
         self, x_in: Tensor, b_sub: Tensor | None, pre: Tensor, residual: Tensor, dead_mask: Tensor, k_aux: int
     ) -> Tensor:
-        """``aux_k_loss`` on the sparse path: the top dead latents decode through their rows only."""
-        n_dead = int(dead_mask.sum())
+        """``aux_k_loss`` on the sparse path, over the dead latents' columns only: their top k_aux per
+        row decode through their rows (sparse), or, when the dead latents are few, dense products over
+        them with the others masked (``DENSE_AUX_MAX_RATIO``); same selection either way."""
+        dead = dead_mask.nonzero().squeeze(1)
+        n_dead = len(dead)
         if n_dead == 0:
             return pre.new_zeros(())
-        pattern = Pattern.topk(pre.masked_fill(~dead_mask, -torch.inf), min(k_aux, n_dead))
-        values = torch.relu(gather_active(x_in, self.W_enc, self.b_enc, b_sub, pre, pattern))
-        linear = sparse_decode(values, self.W_dec, pattern)
+        k = min(k_aux, n_dead)
+        pre_dead = pre.index_select(1, dead)
+        W_enc, b_enc, W_dec = self.W_enc[:, dead], self.b_enc[dead], self.W_dec[dead]
+        if n_dead <= DENSE_AUX_MAX_RATIO * k:
+            top = pre_dead.topk(k, dim=-1, sorted=False).indices
+            keep = torch.zeros_like(pre_dead, dtype=torch.bool).scatter_(1, top, True)
+            z = torch.relu(dense_active(x_in, W_enc, b_enc, b_sub, pre_dead)) * keep
+            linear = z @ W_dec
+        else:
+            pattern = Pattern.topk(pre_dead, k)
+            linear = sparse_decode(
+                torch.relu(gather_active(x_in, W_enc, b_enc, b_sub, pre_dead, pattern)), W_dec, pattern
+            )
         return min(n_dead / k_aux, 1.0) * (linear - residual).pow(2).sum(-1).mean()
 
     def decoder_norms(self) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 
 from raysae.config import SAEConfig, TrainerConfig
 from raysae.dictionaries import build_dictionary
+from raysae.dictionaries import sae as sae_module
 from raysae.dictionaries.sparse import Pattern
 from raysae.train import Trainer
 
@@ -40,8 +41,11 @@ def _batch(transcoder: bool, seed: int = 1):
 
 @pytest.mark.parametrize("transcoder", [False, True], ids=["sae", "transcoder"])
 @pytest.mark.parametrize("act", ["topk", "batchtopk"])
-@pytest.mark.parametrize("aux", [False, True], ids=["plain", "auxk"])
-def test_loss_and_gradients_equal_the_dense_path(act, transcoder, aux):
+@pytest.mark.parametrize("aux", [False, "dense", "sparse"], ids=["plain", "auxk-dense", "auxk-sparse"])
+def test_loss_and_gradients_equal_the_dense_path(act, transcoder, aux, monkeypatch):
+    # AuxK over the dead latents: dense products when they are few, sparse over k_aux entries per row
+    # otherwise (22 dead, k_aux 6 here: the ratio decides which runs)
+    monkeypatch.setattr(sae_module, "DENSE_AUX_MAX_RATIO", 8 if aux == "dense" else 0)
     dense, sparse = _pair(act, transcoder)
     assert sparse.supports_sparse_loss
     batch = _batch(transcoder)
@@ -84,6 +88,21 @@ def test_parameters_after_adam_steps_equal_the_dense_path(act):
     for (name, p), q in zip(dense.state_dict().items(), sparse.state_dict().values(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11, msg=f"{name} after 12 Adam steps")
     assert a.state.history[-1]["loss/aux_k"] == pytest.approx(b.state.history[-1]["loss/aux_k"], rel=1e-9)
+
+
+def test_auxk_without_dead_latents_is_zero_and_moves_nothing():
+    _, sparse = _pair("topk")
+    out = sparse.compute_sparse_loss(
+        _batch(False), dead_mask=torch.zeros(S, dtype=torch.bool), aux_k=6, aux_k_coefficient=0.5
+    )
+    assert float(out.parts["aux_k"]) == 0.0
+
+
+def test_the_transpose_is_computed_once_per_pattern():
+    p = Pattern.topk(torch.randn(6, 9, dtype=torch.float64), 2)
+    t, order = p.transposed()
+    assert p.transposed()[0] is t
+    assert torch.equal(p.col[order], t.row) and torch.equal(p.row[order], t.col)
 
 
 def test_patterns_hold_k_per_row_and_n_over_the_batch():
