@@ -35,6 +35,12 @@ from raysae.lm.loader import load_tokenizer, model_source
 
 log = logging.getLogger(__name__)
 
+REPLICA_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""Environment of CPU model replicas. Their torch threads share cores with train workers and Ray's own
+processes: an OpenMP thread that spins at a barrier while the thread it waits for is preempted wastes
+the core it holds, so waiting threads sleep instead (streaming training: 2 passive threads 3,750 tokens/s
+steady against 3,450 for 1 thread)."""
+
 
 class TokenWindowDatasource(Datasource):
     """Ray Data source of token-window batches (one block per forward batch) from one read task."""
@@ -121,6 +127,7 @@ def window_map_dataset(
         ),
         num_cpus=plan.cpus_per_replica,
         num_gpus=plan.gpus_per_replica or None,
+        **({} if plan.gpus_per_replica else {"runtime_env": {"env_vars": REPLICA_ENV}}),
     )
     ds.context.execution_options.preserve_order = preserve_order
     return ds

@@ -44,32 +44,11 @@ def worker_cpus(settings: AnyTrainSettings, cluster_cpus: float, has_gpus: bool)
     return max(0.25, min(1.0, math.floor(spare * 4) / 4))
 
 
-def node_cpus() -> float | None:
-    """CPUs of the largest alive node of the connected cluster (None if Ray reports none)."""
-    import ray
-
-    sizes = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-    return max(sizes) if sizes and max(sizes) > 0 else None
-
-
-def worker_threads(workers: int, cpw: float, use_gpu: bool, cpus: float, node: float | None) -> int:
-    """torch threads per train worker. On GPU, its reservation (the device does the work). On CPU, its
-    node's cores shared by the workers placed there: a reservation is a scheduling share, and one
-    worker reserving 1 CPU beside the cache's readers on 2 cores trained on one of them (a step of the
-    quickstart's shape: 15.1k tokens/s on 1 thread, 26.4k on 2). Beside a model replica in streaming
-    each of 2 workers keeps 1 thread and the replica its reservation's (a replica with 2 threads there
-    measured no faster: parallel regions then wait on preempted threads)."""
-    if use_gpu:
-        return max(1, int(cpw))
-    node = node or cpus
-    on_node = max(1, math.ceil(workers * node / max(cpus, 1e-9) - 1e-9))
-    return max(1, math.floor(node / on_node + 1e-9))
-
-
 def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
     """Fail fast with a clear message on settings that cannot work; returns the resource plan."""
     import ray
 
+    from raysae.data.resources import node_cpus, threads_on_node
     from raysae.lm.hooks import HookError, parse_hook
 
     cluster = ray.cluster_resources()
@@ -88,7 +67,7 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
         "use_gpu": use_gpu,
         "cpus_per_worker": cpw,
         "pipeline": None,
-        "threads": worker_threads(r.num_workers, cpw, use_gpu, cpus, node_cpus()),
+        "threads": threads_on_node(r.num_workers, cpw, use_gpu, cpus, node_cpus()),
     }
     if settings.cache_path is not None:
         d_model = _cache_d_model(settings)
@@ -114,7 +93,7 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
             }
         )
         try:
-            plan["pipeline"] = plan_resources(cluster, res, settings.activations.model.device)
+            plan["pipeline"] = plan_resources(cluster, res, settings.activations.model.device, node_cpus())
         except ResourceError as err:
             raise SettingsError(str(err)) from err
     _wait_for_free_cpus(r.num_workers * cpw + _pipeline_cpus(plan["pipeline"]), cpus)

@@ -61,3 +61,19 @@ def test_gpus_one_replica_each():
 def test_impossible_splits_fail_at_once(cluster, kw, device, message):
     with pytest.raises(ResourceError, match=message):
         plan(cluster, device, **kw)
+
+
+def test_threads_follow_the_nodes_cores_on_cpu_and_the_reservation_on_gpu():
+    from raysae.data.resources import threads_on_node
+
+    # A replica beside 2 train workers reserves 1.25 of 2 CPUs but gets both cores' threads.
+    assert plan({"CPU": 2.0}, train_workers=2).torch_threads == 2
+    assert plan({"CPU": 2.0}, replicas=2).torch_threads == 1
+    # Two 16-CPU nodes, 4 replicas: 2 per node, 8 threads each.
+    assert (
+        plan_resources({"CPU": 32.0}, ResourcesConfig(replicas=4), "cpu", node_cpus=16.0).torch_threads == 8
+    )
+    assert plan({"CPU": 16.0, "GPU": 2.0}).torch_threads == 1  # GPU replicas: their reservation
+    assert threads_on_node(1, 1.0, False, 2.0, 2.0) == 2  # one train worker from the cache: both cores
+    assert threads_on_node(2, 0.25, False, 2.0, 2.0) == 1  # two workers beside a replica
+    assert threads_on_node(2, 4.0, True, 16.0, 16.0) == 4  # GPU workers: their reservation

@@ -127,12 +127,3 @@ def test_bad_settings_fail_before_any_worker_starts(ray_session, tmp_path, patch
 def test_batch_not_divisible_by_workers_is_a_config_error():
     with pytest.raises(ValueError, match="not divisible"):
         TrainSAESettings.model_validate({"trainer": {"batch_size": 101}, "ray": {"data_parallel_size": 2}})
-
-
-def test_worker_threads_use_the_nodes_cores_on_cpu():
-    from raysae.train.ray_setup import worker_threads
-
-    assert worker_threads(1, 1.0, False, 2.0, 2.0) == 2  # one worker from the cache: both cores
-    assert worker_threads(2, 0.25, False, 2.0, 2.0) == 1  # two workers beside a replica
-    assert worker_threads(4, 1.0, False, 32.0, 16.0) == 8  # two 16-CPU nodes, two workers each
-    assert worker_threads(2, 4.0, True, 16.0, 16.0) == 4  # GPU workers: their reservation
