@@ -51,7 +51,7 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
     from raysae.data.resources import node_cpus, threads_on_node
     from raysae.lm.hooks import HookError, parse_hook
 
-    cluster = ray.cluster_resources()
+    cluster, node = ray.cluster_resources(), node_cpus()
     cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     r = settings.ray
     use_gpu = gpus > 0 if r.use_gpu == "auto" else bool(r.use_gpu)
@@ -67,7 +67,7 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
         "use_gpu": use_gpu,
         "cpus_per_worker": cpw,
         "pipeline": None,
-        "threads": threads_on_node(r.num_workers, cpw, use_gpu, cpus, node_cpus()),
+        "threads": threads_on_node(r.num_workers, cpw, use_gpu, cpus, node),
     }
     if settings.cache_path is not None:
         d_model = _cache_d_model(settings)
@@ -93,7 +93,7 @@ def preflight(settings: AnyTrainSettings) -> dict[str, Any]:
             }
         )
         try:
-            plan["pipeline"] = plan_resources(cluster, res, settings.activations.model.device, node_cpus())
+            plan["pipeline"] = plan_resources(cluster, res, settings.activations.model.device, node)
         except ResourceError as err:
             raise SettingsError(str(err)) from err
     _wait_for_free_cpus(r.num_workers * cpw + _pipeline_cpus(plan["pipeline"]), cpus)

@@ -100,18 +100,21 @@ def same_weights(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.allclose(x[k], y[k], rtol=1e-5, atol=1e-6) for k in x)
 
 
-def worker_drill(cache: Path, out: Path, reference: Path) -> DrillResult:
-    """SIGKILL the Ray Train worker once it reported step KILL_AT; Ray Train (max_failures 2) starts a
-    new worker group, which resumes from the last checkpoint it registered."""
-    settings = cache_settings(cache, out, "worker-killed", max_failures=2)
+def kill_mid_run(
+    settings: TrainSAESettings, at_step: int, actor: str, what: str, only_first: bool = False
+) -> tuple[TrainResult, list, float, list[int], int]:
+    """Train in the background, SIGKILL ``actor``'s processes (the first only, with ``only_first``) once
+    the board shows ``at_step``, wait for the run: (result, board reports, kill time, killed pids, step
+    reached at the kill)."""
     board = recording_board(settings.run_name)
     try:
         job = Background(lambda: train(settings))
-        wait_for(lambda: job.done or board_step(board) >= KILL_AT, 600, f"step {KILL_AT}", 0.02)
+        wait_for(lambda: job.done or board_step(board) >= at_step, 600, f"step {at_step}", 0.02)
         assert not job.done, f"the run ended before the kill: {job.error}"
-        killed = actor_pids(WORKER)
-        assert killed, "no Ray Train worker to kill"
-        signal_all(killed, signal.SIGKILL)
+        killed = actor_pids(actor)
+        assert killed, f"no {what} to kill"
+        reached = board_step(board)
+        signal_all(killed[:1] if only_first else killed, signal.SIGKILL)
         t_kill = time.time()
         job.join(600)
         reports = ray.get(board.all.remote())
@@ -119,7 +122,14 @@ def worker_drill(cache: Path, out: Path, reference: Path) -> DrillResult:
         ray.kill(board)
     if job.error is not None:
         raise job.error
-    result: TrainResult = job.result  # type: ignore[assignment]
+    return job.result, reports, t_kill, killed, reached  # type: ignore[return-value]
+
+
+def worker_drill(cache: Path, out: Path, reference: Path) -> DrillResult:
+    """SIGKILL the Ray Train worker once it reported step KILL_AT; Ray Train (max_failures 2) starts a
+    new worker group, which resumes from the last checkpoint it registered."""
+    settings = cache_settings(cache, out, "worker-killed", max_failures=2)
+    result, reports, t_kill, killed, _ = kill_mid_run(settings, KILL_AT, WORKER, "Ray Train worker")
     # Puts already sent arrive within milliseconds; a new worker group takes seconds to report.
     first = [step for t, step in reports if t < t_kill + 0.5]
     resumed = [(t, step) for t, step in reports if t >= t_kill + 0.5]
@@ -260,23 +270,9 @@ def streaming_actor_drill(out: Path) -> DrillResult:
     Ray Data restarts the actor and retries its tasks, and training must still run every step on the
     full token budget."""
     settings = streaming_settings(out)
-    board = recording_board(settings.run_name)
-    try:
-        job = Background(lambda: train(settings))
-        wait_for(lambda: job.done or board_step(board) >= 8, 600, "step 8 of the streaming run", 0.02)
-        assert not job.done, f"the run ended before the kill: {job.error}"
-        killed = actor_pids(MODEL_ACTOR)
-        assert killed, "no model actor to kill"
-        reached = board_step(board)
-        signal_all(killed[:1], signal.SIGKILL)
-        t_kill = time.time()
-        job.join(600)
-        reports = ray.get(board.all.remote())
-    finally:
-        ray.kill(board)
-    if job.error is not None:
-        raise job.error
-    result: TrainResult = job.result  # type: ignore[assignment]
+    result, reports, t_kill, killed, reached = kill_mid_run(
+        settings, 8, MODEL_ACTOR, "model actor", only_first=True
+    )
     later = [t for t, step in reports if t > t_kill and step > reached]
     lines = (Path(settings.output_dir) / "metrics.jsonl").read_text().splitlines()
     steps = [int(json.loads(line)["step"]) for line in lines if line]
