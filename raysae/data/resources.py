@@ -119,7 +119,7 @@ def threads_on_node(processes: int, cpus_each: float, use_gpu: bool, cpus: float
     """torch threads for each of ``processes`` alike (model replicas, train workers). On CPU: their
     node's cores shared by those placed there, since a Ray reservation is a scheduling share — a replica
     held to its 1.25 CPU beside 2 train workers (which wait for rows a third of the time) left a core
-    idle (its threads wait passively: ``raysae.data.pipeline.REPLICA_ENV``), and one train worker from
+    idle (its threads wait passively: ``raysae.data.pipeline.CPU_REPLICA_ENV``), and one train worker from
     the cache trained on 1 of 2 cores (a quickstart-shape step: 15.1k tokens/s on 1 thread, 26.4k on
     2). On GPU: the reservation, since the device does the work."""
     if use_gpu:

@@ -16,14 +16,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from raysae.config.data import BUNDLED_MODEL, ModelConfig
 from raysae.devices import resolve_device
 from raysae.home import raysae_home
 from raysae.lm.errors import ModelLoadError
+
+if TYPE_CHECKING:  # the model classes cost 1.5 s of CPU to import: the tokenizer-only read task skips them
+    from transformers import PreTrainedModel
 
 # raysae_home and resolve_device are re-exported: callers import them from here and from raysae.lm.
 __all__ = [
@@ -72,6 +76,8 @@ def bundled_model_folder(dtype: str = "float32") -> Path:
         if dtype == "float32":
             model, tokenizer = _dequantise_gguf()
         else:
+            from transformers import AutoModelForCausalLM
+
             src = bundled_model_folder("float32")
             model = AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[dtype])
             tokenizer = AutoTokenizer.from_pretrained(src)
@@ -102,6 +108,8 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 
 def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the model (eval mode, no grad, on ``cfg.device`` in ``cfg.dtype``) and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
     dtype = DTYPES[cfg.dtype]
     source = model_source(cfg)
     try:
@@ -120,6 +128,8 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
 
 def _dequantise_gguf() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantise the bundled GGUF into a plain fp32 model (GGUF-loaded models refuse save_pretrained)."""
+    from transformers import AutoModelForCausalLM
+
     gguf = bundled_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
