@@ -45,11 +45,11 @@ def replica_env(plan: ResourcePlan, model_threads: int | None = None) -> dict[st
     (``model_threads``, the model config's override, or the plan's), plus ``CPU_REPLICA_ENV`` on CPU.
 
     Ray sets ``OMP_NUM_THREADS`` to the floor of an actor's CPU reservation (1 for 1.75 CPU), and Ray
-    Data calls the map class in a thread of its own, whose OpenMP thread count starts from that
-    variable: ``torch.set_num_threads`` in the constructor reaches only the thread it runs in. Every
-    matrix product of the replica then ran on one thread (a [1024, 576] × [576, 1536] product: 10.5 ms
-    in the map thread against 5.8 ms in the main thread on 2 cores; generation 6,200 against 7,500
-    tokens/s for the plain loop)."""
+    Data calls the map class in a thread of its own. ``torch.set_num_threads`` in the constructor
+    reaches that thread only through torch's lazy per-thread set-up, which a matrix product alone does
+    not trigger: a [1024, 576] × [576, 1536] product as the thread's first work took 10.5 ms against
+    5.8 ms on 2 cores (the model's forward happened to trigger it first). With the variable set, every
+    thread of the replica starts from its thread count."""
     env = {"OMP_NUM_THREADS": str(model_threads or plan.torch_threads)}
     if not plan.gpus_per_replica:
         env.update(CPU_REPLICA_ENV)
