@@ -42,19 +42,6 @@ def feature_of(flat_index: int, dictionary: Any) -> tuple[str, int]:
     return hook_of(group), index
 
 
-def model_threads(config: ServeConfig, num_cpus: float) -> int:
-    """torch threads of a replica holding a model: the model config's, else its CPU reservation."""
-    return config.model.num_threads or max(1, math.floor(num_cpus))
-
-
-def model_actor_options(config: ServeConfig, num_cpus: float, num_gpus: float) -> dict[str, Any]:
-    """Ray actor options of a replica holding a model. Serve runs sync handlers in a thread pool whose
-    threads start from ``OMP_NUM_THREADS`` (Ray: the floor of the reservation), which
-    ``torch.set_num_threads`` in the constructor does not change for them; so the variable says it."""
-    env = {"OMP_NUM_THREADS": str(model_threads(config, num_cpus))}
-    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env}}
-
-
 class FeatureActivations:
     """Cached models and dictionaries, and the per-token top-n computation."""
 
@@ -68,7 +55,8 @@ class FeatureActivations:
         self._run_lock = threading.Lock()
         import torch
 
-        torch.set_num_threads(model_threads(config, config.model_num_cpus))
+        threads = config.model.num_threads or max(1, math.floor(config.model_num_cpus))
+        torch.set_num_threads(threads)
 
     def model(self, name: str | None) -> Any:
         """The language model ``name`` (the configured one when None), loaded once and cached."""

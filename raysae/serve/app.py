@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from raysae.config.autointerp import LOCAL_CHAT_ROUTE
 from raysae.config.base import ConfigError, format_validation_error, read_config_file
 from raysae.config.serve import ServeConfig
-from raysae.serve.activations import ActivationModel, model_actor_options
+from raysae.serve.activations import ActivationModel
 from raysae.serve.api import FeatureAPI
 from raysae.serve.chat import ChatModel
 from raysae.serve.graph_model import GraphModel
@@ -40,13 +40,13 @@ def build_app(config: ServeConfig) -> Application:
         graphs = GraphModel.options(
             num_replicas=config.graph_replicas,
             max_ongoing_requests=config.graph_max_ongoing_requests,
-            ray_actor_options=model_actor_options(config, config.graph_num_cpus, config.graph_num_gpus),
+            ray_actor_options={"num_cpus": config.graph_num_cpus, "num_gpus": config.graph_num_gpus},
         ).bind(config)
     if config.text_endpoint:
         model = ActivationModel.options(
             num_replicas=config.model_replicas,
             max_ongoing_requests=config.model_max_ongoing_requests,
-            ray_actor_options=model_actor_options(config, config.model_num_cpus, config.model_num_gpus),
+            ray_actor_options={"num_cpus": config.model_num_cpus, "num_gpus": config.model_num_gpus},
         ).bind(config)
     api = FeatureAPI.options(
         num_replicas=config.ingress_replicas(cluster_cpus()),

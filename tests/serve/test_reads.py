@@ -213,15 +213,3 @@ def test_cache_settings_are_checked():
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ServeConfig(**bad)
-
-
-def test_model_replicas_set_their_thread_count_for_every_thread():
-    """Serve runs sync handlers in a thread pool: its threads start from OMP_NUM_THREADS, not from
-    torch.set_num_threads in the replica's constructor."""
-    from raysae.serve.activations import model_actor_options
-
-    opts = model_actor_options(ServeConfig(), 2.5, 0)
-    assert opts == {"num_cpus": 2.5, "num_gpus": 0, "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "2"}}}
-    assert model_actor_options(ServeConfig(), 0.5, 1)["runtime_env"]["env_vars"] == {"OMP_NUM_THREADS": "1"}
-    pinned = ServeConfig(model={"num_threads": 4})
-    assert model_actor_options(pinned, 1, 0)["runtime_env"]["env_vars"] == {"OMP_NUM_THREADS": "4"}
