@@ -15,34 +15,40 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext, Dataset
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from raysae.config.data import ActivationsConfig
-from raysae.data.batching import rebatch
-from raysae.data.extract import ActivationExtractor
 from raysae.data.ray_plan import TokenWindowDatasource, replica_class
 from raysae.data.resources import ResourcePlan, cluster_plan
 from raysae.data.sources import check_source
-from raysae.lm.loader import model_source
+from raysae.lm.bundled import model_source
+
+if TYPE_CHECKING:  # the driver of a pipeline never loads torch or transformers (3 s of CPU) for it
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
+EXTRACTOR = "raysae.data.extract:ActivationExtractor"
+"""The activation pipeline's map class, by path: only its actors import it."""
+
 CPU_REPLICA_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""Environment of CPU model replicas besides their thread count. Their torch threads share cores with
-train workers and Ray's own processes: an OpenMP thread that spins at a barrier while the thread it
+"""Environment of CPU model replicas beside train workers, besides their thread count. Their torch
+threads share cores with the workers: an OpenMP thread that spins at a barrier while the thread it
 waits for is preempted wastes the core it holds, so waiting threads sleep instead (streaming training:
-2 passive threads 3,750 tokens/s steady against 3,450 for 1 thread)."""
+2 passive threads 3,750 tokens/s steady against 3,450 for 1 thread). Replicas alone on their cores
+(caching, analysis) keep OpenMP's default, a short spin, since waking sleeping threads cost them: a
+replica's forwards ran at 5,830 and 5,580 tokens/s passive against 6,110 and 6,120 with the default."""
 
 
 def replica_env(plan: ResourcePlan, model_threads: int | None = None) -> dict[str, str]:
     """Environment variables of a model replica's process: ``OMP_NUM_THREADS`` its torch threads
-    (``model_threads``, the model config's override, or the plan's), plus ``CPU_REPLICA_ENV`` on CPU.
+    (``model_threads``, the model config's override, or the plan's), plus ``CPU_REPLICA_ENV`` on CPU
+    beside train workers.
 
     Ray sets ``OMP_NUM_THREADS`` to the floor of an actor's CPU reservation (1 for 1.75 CPU), and Ray
     Data calls the map class in a thread of its own. ``torch.set_num_threads`` in the constructor
@@ -51,7 +57,7 @@ def replica_env(plan: ResourcePlan, model_threads: int | None = None) -> dict[st
     5.8 ms on 2 cores (the model's forward happened to trigger it first). With the variable set, every
     thread of the replica starts from its thread count."""
     env = {"OMP_NUM_THREADS": str(model_threads or plan.torch_threads)}
-    if not plan.gpus_per_replica:
+    if not plan.gpus_per_replica and plan.train_workers:
         env.update(CPU_REPLICA_ENV)
     return env
 
@@ -78,7 +84,7 @@ def read_blocks(cfg: ActivationsConfig, windows_per_task: int) -> int | None:
 
 def window_map_dataset(
     cfg: ActivationsConfig,
-    map_class: type,
+    map_class: type | str,
     map_kwargs: Mapping[str, Any],
     *,
     windows_per_task: int | None = None,
@@ -88,9 +94,9 @@ def window_map_dataset(
 ) -> Dataset:
     """The one pipeline: the token windows of ``cfg`` mapped by an actor pool of ``map_class``.
 
-    ``map_class`` is a callable class for ``Dataset.map_batches`` (one model replica per actor:
-    ``ActivationExtractor`` for activation rows, the analysis' ``FeatureAnalyzer`` for partial
-    statistics); it is built as ``map_class(model=cfg.model, num_threads=..., **map_kwargs)``. Each
+    ``map_class`` is a callable class for ``Dataset.map_batches``, or its "module:Class" path (one model
+    replica per actor: ``ActivationExtractor`` for activation rows, the analysis' ``FeatureAnalyzer`` for
+    partial statistics); it is built as ``map_class(model=cfg.model, num_threads=..., **map_kwargs)``. Each
     call gets ``windows_per_task`` windows (default ``cfg.forward_passes_per_task`` forward batches of
     ``cfg.batch_windows``). ``plan`` defaults to
     ``cluster_plan(cfg.resources, cfg.model.device)``; ``preserve_order`` keeps window order.
@@ -99,7 +105,8 @@ def window_map_dataset(
     check_source(cfg.text)
     plan = plan or cluster_plan(cfg.resources, cfg.model.device)
     model_source(cfg.model)  # dequantise the bundled model once here, not in every replica
-    log.info("activation pipeline (%s): %s", map_class.__name__, plan.describe())
+    replica = replica_class(map_class, replica_env(plan, cfg.model.num_threads))  # see ray_plan
+    log.info("activation pipeline (%s): %s", replica.__name__, plan.describe())
     per_task = windows_per_task or cfg.forward_passes_per_task * cfg.batch_windows
     windows = ray.data.read_datasource(
         TokenWindowDatasource(cfg, skip_windows),
@@ -107,7 +114,7 @@ def window_map_dataset(
         override_num_blocks=read_blocks(cfg, per_task),
     )
     ds = windows.map_batches(
-        replica_class(map_class),  # the plan names map_class by path: see raysae.data.ray_plan
+        replica,
         fn_constructor_kwargs={"model": cfg.model, "num_threads": plan.torch_threads, **map_kwargs},
         batch_size=per_task,
         batch_format="numpy",
@@ -116,7 +123,6 @@ def window_map_dataset(
         ),
         num_cpus=plan.cpus_per_replica,
         num_gpus=plan.gpus_per_replica or None,
-        runtime_env={"env_vars": replica_env(plan, cfg.model.num_threads)},
     )
     ds.context.execution_options.preserve_order = preserve_order
     return ds
@@ -136,7 +142,7 @@ def activation_dataset(
     """
     return window_map_dataset(
         cfg,
-        ActivationExtractor,
+        EXTRACTOR,
         {"hooks": list(cfg.hooks), "forward_windows": cfg.batch_windows},
         plan=plan,
         skip_windows=skip_windows,
@@ -168,6 +174,8 @@ def pipeline_batches(
     progress: bool = True,
 ) -> Iterator[dict[str, Tensor]]:
     """Training batches {hook: [batch_size, d]} streamed from the Ray pipeline to this process."""
+    from raysae.data.batching import rebatch
+
     ds = activation_dataset(cfg, plan)
     chunks = iter_row_chunks(ds, progress=progress, total=cfg.total_tokens)
     return rebatch(chunks, batch_size, cfg.hooks, drop_last=drop_last, meta=meta, device=device)

@@ -19,7 +19,7 @@ _EXPORTS = {
     "NativeLanguageModel": "raysae.lm.native",
     "Unembed": "raysae.lm.model",
     "all_hook_names": "raysae.lm.hooks",
-    "bundled_model_folder": "raysae.lm.loader",
+    "bundled_model_folder": "raysae.lm.bundled",
     "is_hook_name": "raysae.lm.hook_names",
     "load_model": "raysae.lm.loader",
     "load_tokenizer": "raysae.lm.loader",

@@ -21,7 +21,7 @@ def _model_shape(settings: AnyTrainSettings) -> tuple[int, int]:
     """(d_model, n_layers) of the configured language model, read from its config only."""
     from transformers import AutoConfig
 
-    from raysae.lm.loader import model_source
+    from raysae.lm.bundled import model_source
 
     hf = AutoConfig.from_pretrained(model_source(settings.activations.model))
     return int(hf.hidden_size), int(hf.num_hidden_layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -35,6 +36,15 @@ def test_replica_class_is_named_like_its_target_and_pickles_without_it():
     np.testing.assert_array_equal(replica({"x": np.arange(3)})["x"], [0, 3, 6])
 
 
+def test_replica_sets_its_env_before_building_the_target(monkeypatch):
+    monkeypatch.delenv("RAYSAE_TEST_REPLICA_ENV", raising=False)
+    cls = replica_class(f"{__name__}:Doubler", {"RAYSAE_TEST_REPLICA_ENV": "4"})
+    assert cls.__name__ == "Doubler" and cls.target == f"{__name__}:Doubler"
+    cls(factor=2)
+    assert os.environ["RAYSAE_TEST_REPLICA_ENV"] == "4"
+    monkeypatch.delenv("RAYSAE_TEST_REPLICA_ENV")
+
+
 def test_bad_target_names_the_class_path():
     cls = type("Missing", (Replica,), {"target": "raysae.data.no_such_module:Missing"})
     with pytest.raises(ModuleNotFoundError, match="no_such_module"):
@@ -59,3 +69,13 @@ def test_pipeline_plan_unpickles_without_torch_or_transformers(ray_session, tmp_
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "Dataset"
+
+
+def test_pipeline_driver_imports_neither_torch_nor_transformers():
+    """A pipeline's driver only plans and iterates rows: torch and transformers cost it 3 s of CPU."""
+    check = (
+        "import sys; import raysae.data.pipeline, raysae.lm.bundled; "
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules); assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

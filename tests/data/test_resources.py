@@ -79,13 +79,15 @@ def test_threads_follow_the_nodes_cores_on_cpu_and_the_reservation_on_gpu():
     assert threads_on_node(2, 4.0, True, 16.0, 16.0) == 4  # GPU workers: their reservation
 
 
-def test_replica_env_sets_threads_for_every_thread_and_passive_waits_on_cpu():
+def test_replica_env_sets_threads_for_every_thread_and_passive_waits_beside_train_workers():
     """Ray Data calls the map class in its own thread, whose OpenMP thread count starts from
     OMP_NUM_THREADS (Ray's default: the floor of the reservation)."""
     from raysae.data.pipeline import CPU_REPLICA_ENV, replica_env
 
     cpu = plan_resources({"CPU": 2}, ResourcesConfig(), "cpu")
-    assert replica_env(cpu) == {"OMP_NUM_THREADS": str(cpu.torch_threads), **CPU_REPLICA_ENV}
+    assert replica_env(cpu) == {"OMP_NUM_THREADS": str(cpu.torch_threads)}  # alone: OpenMP's default
     assert replica_env(cpu, model_threads=5)["OMP_NUM_THREADS"] == "5"
+    shared = plan_resources({"CPU": 2}, ResourcesConfig(train_workers=2, cpus_per_train_worker=0.25), "cpu")
+    assert replica_env(shared) == {"OMP_NUM_THREADS": str(shared.torch_threads), **CPU_REPLICA_ENV}
     gpu = plan_resources({"CPU": 8, "GPU": 1}, ResourcesConfig(), "cuda")
     assert replica_env(gpu) == {"OMP_NUM_THREADS": "1"}

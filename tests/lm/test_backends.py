@@ -25,8 +25,9 @@ from transformers import (
 from raysae.config.data import ModelConfig
 from raysae.errors import RaysaeError
 from raysae.lm.bridge import BridgeLanguageModel
+from raysae.lm.bundled import _atomic_save
 from raysae.lm.errors import HookError, ModelLoadError
-from raysae.lm.loader import _atomic_save, load_tokenizer
+from raysae.lm.loader import load_tokenizer
 from raysae.lm.model import LanguageModel
 from raysae.lm.native import NativeLanguageModel
 

@@ -9,8 +9,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from raysae.config.data import ModelConfig
+from raysae.lm.bundled import _atomic_save
 from raysae.lm.errors import ModelLoadError
-from raysae.lm.loader import _atomic_save, bundled_model_folder, load_model, raysae_home, resolve_device
+from raysae.lm.loader import bundled_model_folder, load_model, raysae_home, resolve_device
 from raysae.lm.model import LanguageModel
 
 
