@@ -43,9 +43,9 @@ class TokenWindowDatasource(Datasource):
 
         def read() -> Iterator:
             from raysae.data.tokens import token_windows
-            from raysae.lm.loader import load_tokenizer
+            from raysae.lm.text_tokenizer import load_text_tokenizer
 
-            tokenizer = load_tokenizer(cfg.model)
+            tokenizer = load_text_tokenizer(cfg.model)
             for wb in token_windows(
                 cfg.text, cfg.tokens, tokenizer, cfg.batch_windows, cfg.total_tokens, skip_windows=skip
             ):

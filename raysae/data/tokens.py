@@ -13,12 +13,19 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from raysae.config.data import TextSourceConfig, TokensConfig
 from raysae.data.sources import iter_documents
+
+if TYPE_CHECKING:  # the token reader tokenises without transformers where it can (raysae.lm.text_tokenizer)
+    from transformers import PreTrainedTokenizerBase
+
+    from raysae.lm.text_tokenizer import TextTokenizer
+
+    Tokenizer = PreTrainedTokenizerBase | TextTokenizer
 
 
 @dataclass
@@ -85,7 +92,7 @@ def shuffle_buffer(items: Iterable, size: int, seed: int) -> Iterator:
 
 
 def tokenized_documents(
-    docs: Iterable[tuple[int, str]], tokenizer: PreTrainedTokenizerBase, cfg: TokensConfig
+    docs: Iterable[tuple[int, str]], tokenizer: Tokenizer, cfg: TokensConfig
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(tokens, doc ids, positions) per document, with BOS first when ``cfg.prepend_bos``."""
     it = iter(docs)
@@ -136,7 +143,7 @@ def pack_windows(
 def token_windows(
     text: TextSourceConfig,
     cfg: TokensConfig,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Tokenizer,
     batch_windows: int,
     total_tokens: int | None = None,
     skip_windows: int = 0,
