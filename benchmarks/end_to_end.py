@@ -1,6 +1,6 @@
 """Streaming training against its bound, and Ray Data generation against a plain loop, in one run.
 
-    .venv/bin/python benchmarks/end_to_end.py [--tokens 409600] [--layer 3] [--d-sae 2304]
+    .venv/bin/python benchmarks/end_to_end.py [--tokens 409600] [--layer 3] [--d-sae 2304] [--rounds 3]
 
 Everything runs on one local Ray cluster over the whole machine, the quickstart's shape by default
 (SmolLM2-135M, layer 3, TopK k=32, d_sae 2,304, 2 data-parallel workers, 409,600 tokens):
@@ -15,6 +15,10 @@ N/g + N/t, so the bound of streaming is 1/(1/g + 1/t); ``vs bound`` is the strea
 streaming overlapped some idle time away). ``cpu util`` is the CPU seconds of this process tree
 (driver, Ray's processes, actors, workers) over wall × cores: what the run kept busy. A memory table
 gives per-worker parameter and Adam state at model-parallel 1 vs 2 (``--memory``).
+
+On a shared or small machine one run's rows can differ by a fifth from the next run's: ``--rounds N``
+runs every row N times, interleaved (plain, Ray, cache, streaming, then again), prints the median of
+each row and each round's two ratios, so a ratio is never read off one lucky or unlucky row.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,6 +122,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--d-sae", type=int, default=2304)
     ap.add_argument("--memory", action="store_true", help="also train from the cache at mp=2 (memory table)")
+    ap.add_argument("--rounds", type=int, default=1, help="run every row this many times, interleaved")
     ap.add_argument("--generate", choices=["plain", "ray"], help=argparse.SUPPRESS)  # the subprocess
     args = ap.parse_args()
     if args.generate:
@@ -133,7 +139,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="raysae-e2e-"))
     cores = os.cpu_count() or 1
     probe = TreeCPU()
-    rows: list[tuple[str, int, float, float]] = []
+    rows: dict[str, list[tuple[int, float, float]]] = {}  # name -> (tokens, seconds, CPU s) per round
     memory: list[tuple[str, float, float]] = []
     stream = _settings(args, out, "stream")
     cache = out / "cache"
@@ -143,53 +149,82 @@ def main() -> None:
         use_ray=False,
         progress=False,
     )
-    rows.append(("generation, plain loop (g)", *generation_row(args, "plain", probe)))
-    rows.append(("generation, Ray pipeline", *generation_row(args, "ray", probe)))
-    t0 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
-    init_s = time.perf_counter() - t0
-    try:
-        runs = [("training from cache (t)", _settings(args, out, "cache", cache=cache))]
-        if args.memory:
-            runs.append(
-                ("training from cache, mp=2", _settings(args, out, "cache2", cache=cache, dp=1, mp=2))
-            )
-        runs.append(("streaming training", stream))
-        for name, settings in runs:
-            result = None
-
-            def run(settings=settings) -> int:
-                nonlocal result
-                result = train(settings)
-                return result.tokens
-
-            rows.append((name, *probe.run(run)))
-            last = read_state(result.checkpoint_path).history[-1]
-            memory.append(
-                (
-                    name,
-                    last["memory/param_bytes_per_worker"] / 2**20,
-                    last["memory/optimizer_bytes_per_worker"] / 2**20,
+    init_s = []
+    for _ in range(args.rounds):
+        rows.setdefault(G, []).append(generation_row(args, "plain", probe))
+        rows.setdefault(R, []).append(generation_row(args, "ray", probe))
+        t0 = time.perf_counter()
+        ray.init(include_dashboard=False, log_to_driver=False)
+        init_s.append(time.perf_counter() - t0)
+        try:
+            runs = [(T, _settings(args, out, "cache", cache=cache))]
+            if args.memory:
+                runs.append(
+                    ("training from cache, mp=2", _settings(args, out, "cache2", cache=cache, dp=1, mp=2))
                 )
-            )
-    finally:
-        ray.shutdown()
+            runs.append((S, stream))
+            memory.clear()
+            for name, settings in runs:
+                result = None
 
-    rate = {name: n / wall for name, n, wall, _ in rows}
-    g, t = rate["generation, plain loop (g)"], rate["training from cache (t)"]
-    bound = 1 / (1 / g + 1 / t)
+                def run(settings=settings) -> int:
+                    nonlocal result
+                    result = train(settings)
+                    return result.tokens
+
+                rows.setdefault(name, []).append(probe.run(run))
+                last = read_state(result.checkpoint_path).history[-1]
+                memory.append(
+                    (
+                        name,
+                        last["memory/param_bytes_per_worker"] / 2**20,
+                        last["memory/optimizer_bytes_per_worker"] / 2**20,
+                    )
+                )
+        finally:
+            ray.shutdown()
+    report(args, rows, memory, statistics.median(init_s), cores)
+
+
+G, R, T, S = (
+    "generation, plain loop (g)",
+    "generation, Ray pipeline",
+    "training from cache (t)",
+    "streaming training",
+)
+
+
+def bound_of(g: tuple[int, float, float], t: tuple[int, float, float]) -> float:
+    """Rate bound of streaming when generation and training share the cores: 1/(1/g + 1/t)."""
+    return 1 / (g[1] / g[0] + t[1] / t[0])
+
+
+def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
+    """Median of every row over the rounds, then each round's ratios."""
+    med = {
+        name: (runs[0][0], *(statistics.median(r[i] for r in runs) for i in (1, 2)))
+        for name, runs in rows.items()
+    }
+    g, bound = med[G][0] / med[G][1], bound_of(med[G], med[T])
+    rounds = len(rows[G])
     print(
         f"\ntokens {args.tokens}, hook blocks.{args.layer}.hook_resid_post, d_sae {args.d_sae}, {cores} cores, "
         f"ray.init {init_s:.1f} s (not counted in training rows); all rates start-up included (generation: "
-        "from a fresh process's start, interpreter and ray.init included)"
+        f"from a fresh process's start, interpreter and ray.init included); median of {rounds} round(s)"
     )
     print(f"{'what':<30}{'seconds':>9}{'tok/s':>9}{'vs g':>7}{'vs bound':>10}{'cpu util':>10}")
-    for name, n, wall, cpu in rows:
-        vs_bound = f"{n / wall / bound:.2f}" if name == "streaming training" else "-"
+    for name, (n, wall, cpu) in med.items():
+        vs_bound = f"{n / wall / bound:.2f}" if name == S else "-"
         print(
             f"{name:<30}{wall:>9.1f}{n / wall:>9.0f}{n / wall / g:>7.2f}{vs_bound:>10}{cpu / wall / cores:>10.2f}"
         )
     print(f"{'bound 1/(1/g + 1/t)':<30}{args.tokens / bound:>9.1f}{bound:>9.0f}{bound / g:>7.2f}{1.0:>10.2f}")
+    if rounds > 1:
+        print(f"\n{'round':<8}{'Ray / plain':>12}{'streaming / bound':>19}")
+        for i in range(rounds):
+            gi, ri, ti, si = (rows[k][i] for k in (G, R, T, S))
+            ray_ratio = (ri[0] / ri[1]) / (gi[0] / gi[1])
+            print(f"{i + 1:<8}{ray_ratio:>12.2f}{si[0] / si[1] / bound_of(gi, ti):>19.2f}")
     if args.memory:
         print(f"\n{'per-worker memory':<30}{'params MiB':>12}{'adam MiB':>10}")
         for name, pmem, omem in memory:
