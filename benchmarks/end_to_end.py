@@ -39,6 +39,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from cpu_tree import TreeCPU
 
+PLAIN, RAY = "generation, plain loop (g)", "generation, Ray pipeline"
+CACHE, STREAM = "training from cache (t)", "streaming training"
+
 
 def _settings(args, out: Path, name: str, cache: Path | None = None, mp: int = 1, dp: int = 2):
     from raysae.config.run import TrainSAESettings
@@ -151,18 +154,18 @@ def main() -> None:
     )
     init_s = []
     for _ in range(args.rounds):
-        rows.setdefault(G, []).append(generation_row(args, "plain", probe))
-        rows.setdefault(R, []).append(generation_row(args, "ray", probe))
+        rows.setdefault(PLAIN, []).append(generation_row(args, "plain", probe))
+        rows.setdefault(RAY, []).append(generation_row(args, "ray", probe))
         t0 = time.perf_counter()
         ray.init(include_dashboard=False, log_to_driver=False)
         init_s.append(time.perf_counter() - t0)
         try:
-            runs = [(T, _settings(args, out, "cache", cache=cache))]
+            runs = [(CACHE, _settings(args, out, "cache", cache=cache))]
             if args.memory:
                 runs.append(
                     ("training from cache, mp=2", _settings(args, out, "cache2", cache=cache, dp=1, mp=2))
                 )
-            runs.append((S, stream))
+            runs.append((STREAM, stream))
             memory.clear()
             for name, settings in runs:
                 result = None
@@ -186,14 +189,6 @@ def main() -> None:
     report(args, rows, memory, statistics.median(init_s), cores)
 
 
-G, R, T, S = (
-    "generation, plain loop (g)",
-    "generation, Ray pipeline",
-    "training from cache (t)",
-    "streaming training",
-)
-
-
 def bound_of(g: tuple[int, float, float], t: tuple[int, float, float]) -> float:
     """Rate bound of streaming when generation and training share the cores: 1/(1/g + 1/t)."""
     return 1 / (g[1] / g[0] + t[1] / t[0])
@@ -205,8 +200,8 @@ def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
         name: (runs[0][0], *(statistics.median(r[i] for r in runs) for i in (1, 2)))
         for name, runs in rows.items()
     }
-    g, bound = med[G][0] / med[G][1], bound_of(med[G], med[T])
-    rounds = len(rows[G])
+    g, bound = med[PLAIN][0] / med[PLAIN][1], bound_of(med[PLAIN], med[CACHE])
+    rounds = len(rows[PLAIN])
     print(
         f"\ntokens {args.tokens}, hook blocks.{args.layer}.hook_resid_post, d_sae {args.d_sae}, {cores} cores, "
         f"ray.init {init_s:.1f} s (not counted in training rows); all rates start-up included (generation: "
@@ -214,7 +209,7 @@ def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
     )
     print(f"{'what':<30}{'seconds':>9}{'tok/s':>9}{'vs g':>7}{'vs bound':>10}{'cpu util':>10}")
     for name, (n, wall, cpu) in med.items():
-        vs_bound = f"{n / wall / bound:.2f}" if name == S else "-"
+        vs_bound = f"{n / wall / bound:.2f}" if name == STREAM else "-"
         print(
             f"{name:<30}{wall:>9.1f}{n / wall:>9.0f}{n / wall / g:>7.2f}{vs_bound:>10}{cpu / wall / cores:>10.2f}"
         )
@@ -222,7 +217,7 @@ def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
     if rounds > 1:
         print(f"\n{'round':<8}{'Ray / plain':>12}{'streaming / bound':>19}")
         for i in range(rounds):
-            gi, ri, ti, si = (rows[k][i] for k in (G, R, T, S))
+            gi, ri, ti, si = (rows[k][i] for k in (PLAIN, RAY, CACHE, STREAM))
             ray_ratio = (ri[0] / ri[1]) / (gi[0] / gi[1])
             print(f"{i + 1:<8}{ray_ratio:>12.2f}{si[0] / si[1] / bound_of(gi, ti):>19.2f}")
     if args.memory:

@@ -1,16 +1,20 @@
 """Writing files so that nothing is ever half-written: a temporary sibling name, then a rename.
 
 One copy of the atomic-write helpers for dictionaries, checkpoints, cache shards and manifests,
-evaluation reports and the model cache; plus the sha256 used to verify what was written.
+evaluation reports and the model cache; plus the sha256 used to verify what was written, and the
+exclusive lock under which processes that may race create one thing once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,17 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block; others wait."""
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -41,8 +41,9 @@ CPU_REPLICA_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 threads share cores with the workers: an OpenMP thread that spins at a barrier while the thread it
 waits for is preempted wastes the core it holds, so waiting threads sleep instead (streaming training:
 2 passive threads 3,750 tokens/s steady against 3,450 for 1 thread). Replicas alone on their cores
-(caching, analysis) keep OpenMP's default, a short spin, since waking sleeping threads cost them: a
-replica's forwards ran at 5,830 and 5,580 tokens/s passive against 6,110 and 6,120 with the default."""
+(caching, analysis) keep OpenMP's default, a short spin, since waking sleeping threads cost them: the
+extractor's forwards in a Ray task ran at 5,830 and 5,580 tokens/s passive against 6,110 and 6,120
+with the default."""
 
 
 def replica_env(plan: ResourcePlan, model_threads: int | None = None) -> dict[str, str]:

@@ -9,18 +9,16 @@ starts and never loads the model, so torch and transformers (3 s of CPU) are imp
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.metadata
 import importlib.util
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raysae.config.data import BUNDLED_MODEL, ModelConfig
+from raysae.files import file_lock
 from raysae.home import raysae_home
 from raysae.lm.errors import ModelLoadError
 
@@ -50,7 +48,7 @@ def bundled_model_folder(dtype: str = "float32") -> Path:
     if (folder / "config.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(folder.parent / f".{folder.name}.lock"):
+    with file_lock(folder.parent / f".{folder.name}.lock"):
         if (folder / "config.json").is_file():  # another process finished while we waited
             return folder
         if dtype == "float32":
@@ -103,13 +101,3 @@ def _atomic_save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fol
         os.rename(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

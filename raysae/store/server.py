@@ -9,7 +9,6 @@ passed as ``--config`` so that no stray config file on the machine changes the s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from raysae.files import file_lock
 from raysae.net import free_port, port_is_free
 from raysae.store.errors import LocalStoreError
 from raysae.store.paths import local_store_dir
@@ -151,12 +151,8 @@ class LocalStoreServer:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.path / ".lock"):
+            yield
 
     def _read_state(self) -> tuple[int | None, dict]:
         try:
