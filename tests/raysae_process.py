@@ -129,16 +129,20 @@ def serve_args(port: int, *extra: str) -> list[str]:
 
 
 def wait_until_serving(command: Command, url: str, timeout: float = 240) -> float:
-    """Seconds until ``url`` answers (any status); fails the test if the command exits first."""
+    """Seconds until raysae's app answers ``url`` (any status of its own); fails the test if the
+    command exits first. Serve's proxy listens before the app's routes are deployed and answers 404
+    "Path ... not found. Ping .../-/routes" until then: that is not raysae answering yet."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if command.proc.poll() is not None:
             raise AssertionError(f"raysae exited with {command.proc.returncode}:\n{command.text()[-3000:]}")
         try:
-            httpx.get(url, timeout=10)
-            return time.monotonic() - start
+            answer = httpx.get(url, timeout=10)
+            if not (answer.status_code == 404 and "/-/routes" in answer.text):
+                return time.monotonic() - start
         except httpx.HTTPError:
-            time.sleep(1)
+            pass
+        time.sleep(1)
     raise AssertionError(f"{url} did not answer within {timeout} s:\n{command.text()[-3000:]}")
 
 
