@@ -21,6 +21,7 @@ RANK = {
     "files": 0,
     "home": 0,
     "devices": 0,
+    "malloc": 0,  # glibc settings for processes that run forward passes (lm uses it)
     "net": 0,
     "metrics": 0,
     "_lazy": 0,

@@ -31,6 +31,7 @@ from raysae.config.data import ModelConfig
 from raysae.lm.errors import HookError, ModelLoadError
 from raysae.lm.hooks import HookPoint, all_hook_names, parse_hook
 from raysae.lm.loader import load_model
+from raysae.malloc import keep_freed_memory
 
 HookFn = Callable[[Tensor], Tensor]
 # backend name (ModelConfig.backend) -> "module:class"; imported on use, so the native backend never
@@ -157,6 +158,7 @@ class LanguageModel(abc.ABC):
             )
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
+        keep_freed_memory()
         model, tokenizer = load_model(cfg)
         return target(model, tokenizer, cfg.name)
 
