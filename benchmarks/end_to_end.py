@@ -119,6 +119,25 @@ def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> tuple[
     return n, out["seconds"], cpu * out["seconds"] / wall
 
 
+def training_row(settings, probe: TreeCPU) -> tuple[tuple[int, float, float], float, float]:
+    """One Ray Train run: (tokens, seconds, CPU seconds of the process tree), then its per-worker
+    parameter and Adam state in MiB (from the run's last logged step)."""
+    from raysae.train.checkpoint import read_state
+    from raysae.train.ray_train import train
+
+    result = None
+
+    def run() -> int:
+        nonlocal result
+        result = train(settings)
+        return result.tokens
+
+    row = probe.run(run)
+    last = read_state(result.checkpoint_path).history[-1]
+    mib = 2**20
+    return row, last["memory/param_bytes_per_worker"] / mib, last["memory/optimizer_bytes_per_worker"] / mib
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=409_600)
@@ -136,8 +155,6 @@ def main() -> None:
 
     from raysae.config.data import CacheConfig, CacheJobConfig
     from raysae.data.cache import write_cache
-    from raysae.train.checkpoint import read_state
-    from raysae.train.ray_train import train
 
     out = Path(tempfile.mkdtemp(prefix="raysae-e2e-"))
     cores = os.cpu_count() or 1
@@ -168,22 +185,9 @@ def main() -> None:
             runs.append((STREAM, stream))
             memory.clear()
             for name, settings in runs:
-                result = None
-
-                def run(settings=settings) -> int:
-                    nonlocal result
-                    result = train(settings)
-                    return result.tokens
-
-                rows.setdefault(name, []).append(probe.run(run))
-                last = read_state(result.checkpoint_path).history[-1]
-                memory.append(
-                    (
-                        name,
-                        last["memory/param_bytes_per_worker"] / 2**20,
-                        last["memory/optimizer_bytes_per_worker"] / 2**20,
-                    )
-                )
+                row, param_mib, adam_mib = training_row(settings, probe)
+                rows.setdefault(name, []).append(row)
+                memory.append((name, param_mib, adam_mib))
         finally:
             ray.shutdown()
     report(args, rows, memory, statistics.median(init_s), cores)

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,11 +147,10 @@ class LocalStoreServer:
             raise LocalStoreError("the port is chosen at start(); start the server first")
         return local_uri(self.host, self.port)
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        """The exclusive lock on this store folder's server state (the folder made first)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.path / ".lock"):
-            yield
+        return file_lock(self.path / ".lock")
 
     def _read_state(self) -> tuple[int | None, dict]:
         try:
