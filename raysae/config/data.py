@@ -99,9 +99,11 @@ class ResourcesConfig(StrictModel):
     """How the activation pipeline shares the cluster; None fields are computed from the cluster."""
 
     replicas: int | None = Field(None, gt=0)
-    """Model replicas (actors in the pool); None: one per GPU, or as many as the CPUs allow."""
+    """Model replicas (actors in the pool); None: one per GPU, or on CPU one single-threaded replica per
+    core not reserved for train workers."""
     cpus_per_replica: float | None = Field(None, gt=0)
-    """CPUs reserved by each replica; None: 1 with GPUs, else the free CPUs split evenly."""
+    """CPUs reserved by each replica; None: 1 with GPUs, else the free CPUs split evenly (set alone, it
+    also sets how many replicas fit)."""
     gpus_per_replica: float | None = Field(None, ge=0)
     """GPUs per replica (fractions share a GPU); None: 1 when the cluster has GPUs and the model
     device is not cpu, else 0."""

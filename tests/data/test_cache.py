@@ -108,7 +108,7 @@ def test_ray_write_and_dataset(ray_session, tmp_path, written):
     for i in range(len(m.shards)):
         a, b = ours.load_shard(i), theirs.load_shard(i)
         for k in HOOKS:
-            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-4)  # thread counts differ
         for k in META:
             assert torch.equal(a[k], b[k])
     ds = theirs.dataset(shuffle=True, seed=2)

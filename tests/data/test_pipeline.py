@@ -74,7 +74,8 @@ def test_pipeline_equals_direct_forward(ray_session, smollm):
         assert np.array_equal(rows[k], ref[k]), k
     for h in HOOKS:
         assert rows[h].shape == (300, 576) and rows[h].dtype == np.float32
-        assert np.abs(rows[h] - ref[h]).max() < 1e-4, h
+        # replicas may run another torch thread count than this process: float32 sums in another order
+        torch.testing.assert_close(torch.from_numpy(rows[h]), torch.from_numpy(ref[h]), rtol=1e-5, atol=1e-4)
     # BOS never becomes a row; positions are positions in the document.
     assert (rows["position"] >= 0).all()
     assert not (rows["token_id"] == smollm.bos_token_id).any()

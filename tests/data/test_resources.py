@@ -13,11 +13,16 @@ def plan(cluster, device="auto", **kw):
 
 
 def test_two_cpus_alone():
+    """One single-threaded replica per core, the reader's share included; a reservation picks fewer."""
     p = plan({"CPU": 2.0})
-    assert (p.replicas, p.cpus_per_replica, p.gpus_per_replica, p.torch_threads) == (1, 1.75, 0, 2)
-    p = plan({"CPU": 2.0}, replicas=2)
-    assert (p.replicas, p.cpus_per_replica, p.torch_threads) == (2, 0.875, 1)
+    assert (p.replicas, p.cpus_per_replica, p.gpus_per_replica, p.torch_threads) == (2, 0.875, 0, 1)
     assert p.replicas * p.cpus_per_replica + p.read_cpus <= 2
+    p = plan({"CPU": 2.0}, replicas=1)
+    assert (p.replicas, p.cpus_per_replica, p.torch_threads) == (1, 1.75, 2)
+    p = plan({"CPU": 2.0}, cpus_per_replica=1.5)
+    assert (p.replicas, p.cpus_per_replica, p.torch_threads) == (1, 1.5, 2)
+    assert [plan({"CPU": c}).replicas for c in (1.0, 3.0, 16.0)] == [1, 3, 16]
+    assert plan({"CPU": 16.0}, train_workers=2).replicas == 15
 
 
 def test_two_cpus_beside_training():
