@@ -28,7 +28,9 @@ Row = tuple[int, int, int, int]  # window_id, doc_id, position, token_id
 
 
 def cache_job(folder: Path) -> CacheJobConfig:
-    """2560 tokens of layer-1 residuals in 32-token windows, 4 windows per model call, ~5 shards."""
+    """2560 tokens of layer-1 residuals in 32-token windows, 4 windows per model call, ~5 shards. One
+    replica: the kill takes the pool's only model actor, so the stream must wait for its restart (two
+    replicas on 2 CPUs wrote every shard within a second of their start, before the drill could kill)."""
     return CacheJobConfig.model_validate(
         {
             "activations": {
@@ -36,6 +38,7 @@ def cache_job(folder: Path) -> CacheJobConfig:
                 "total_tokens": 64 * 40,
                 "batch_windows": 4,
                 "tokens": {"context_size": 32},
+                "resources": {"replicas": 1},
             },
             "cache": {"dir": str(folder), "shard_rows": 512},
         }
