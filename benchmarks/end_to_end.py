@@ -13,12 +13,14 @@ Everything runs on one local Ray cluster over the whole machine, the quickstart'
 When generation and training share the same cores, doing one after the other takes
 N/g + N/t, so the bound of streaming is 1/(1/g + 1/t); ``vs bound`` is the streaming rate over it (≥ 1:
 streaming overlapped some idle time away). ``cpu util`` is the CPU seconds of this process tree
-(driver, Ray's processes, actors, workers) over wall × cores: what the run kept busy. A memory table
-gives per-worker parameter and Adam state at model-parallel 1 vs 2 (``--memory``).
+(driver, Ray's processes, actors, workers) over wall × cores: what the run kept busy. ``1st rows s``
+is when a generation run's first activation rows arrived (its start-up), and ``after 1st rows`` is the
+Ray pipeline's rate over the plain loop's from then on: the part of the gap start-up does not explain.
+A memory table gives per-worker parameter and Adam state at model-parallel 1 vs 2 (``--memory``).
 
 On a shared or small machine one run's rows can differ by a fifth from the next run's: ``--rounds N``
 runs every row N times, interleaved (plain, Ray, cache, streaming, then again), prints the median of
-each row and each round's two ratios, so a ratio is never read off one lucky or unlucky row.
+each row and each round's ratios, so a ratio is never read off one lucky or unlucky row.
 """
 
 from __future__ import annotations
@@ -74,30 +76,36 @@ def _settings(args, out: Path, name: str, cache: Path | None = None, mp: int = 1
 
 
 def generate(args: argparse.Namespace, how: str) -> None:
-    """One generation run in this fresh process; prints tokens and seconds since the process started
-    (interpreter, imports, model load and, for Ray, ``ray.init`` and the actor pool included)."""
+    """One generation run in this fresh process; prints tokens, seconds since the process started
+    (interpreter, imports, model load and, for Ray, ``ray.init`` and the actor pool included) and the
+    seconds at which the first rows arrived (the start-up part)."""
     import psutil
 
+    start = psutil.Process().create_time()
     cfg = _settings(args, Path(tempfile.gettempdir()), "gen").activations
     if how == "plain":
         from raysae.data.extract import ActivationSource
 
-        n = sum(len(r["token_id"]) for r in ActivationSource(cfg).rows())
+        chunks = ActivationSource(cfg).rows()
     else:
         import ray
 
         from raysae.data.pipeline import activation_dataset, iter_row_chunks
 
         ray.init(include_dashboard=False, log_to_driver=False)
-        n = sum(len(c["token_id"]) for c in iter_row_chunks(activation_dataset(cfg), progress=False))
-    seconds = time.time() - psutil.Process().create_time()
-    print(json.dumps({"tokens": n, "seconds": seconds}), flush=True)
+        chunks = iter_row_chunks(activation_dataset(cfg), progress=False)
+    n, first = 0, None
+    for chunk in chunks:
+        first = first or time.time() - start
+        n += len(chunk["token_id"])
+    print(json.dumps({"tokens": n, "seconds": time.time() - start, "first": first}), flush=True)
     if how == "ray":
         ray.shutdown()
 
 
-def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> tuple[int, float, float]:
-    """(tokens, seconds from process start to the last row, CPU seconds of the process tree)."""
+def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> tuple[int, float, float, float]:
+    """(tokens, seconds from process start to the last row, CPU seconds of the process tree, seconds
+    to the first row)."""
     argv = [
         sys.executable,
         __file__,
@@ -116,7 +124,7 @@ def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> tuple[
         return out["tokens"]
 
     n, wall, cpu = probe.run(go)
-    return n, out["seconds"], cpu * out["seconds"] / wall
+    return n, out["seconds"], cpu * out["seconds"] / wall, out["first"]
 
 
 def training_row(settings, probe: TreeCPU) -> tuple[tuple[int, float, float], float, float]:
@@ -159,7 +167,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="raysae-e2e-"))
     cores = os.cpu_count() or 1
     probe = TreeCPU()
-    rows: dict[str, list[tuple[int, float, float]]] = {}  # name -> (tokens, seconds, CPU s) per round
+    rows: dict[str, list[tuple]] = {}  # name -> (tokens, seconds, CPU s[, first rows s]) per round
     memory: list[tuple[str, float, float]] = []
     stream = _settings(args, out, "stream")
     cache = out / "cache"
@@ -201,7 +209,7 @@ def bound_of(g: tuple[int, float, float], t: tuple[int, float, float]) -> float:
 def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
     """Median of every row over the rounds, then each round's ratios."""
     med = {
-        name: (runs[0][0], *(statistics.median(r[i] for r in runs) for i in (1, 2)))
+        name: (runs[0][0], *(statistics.median(r[i] for r in runs) for i in range(1, len(runs[0]))))
         for name, runs in rows.items()
     }
     g, bound = med[PLAIN][0] / med[PLAIN][1], bound_of(med[PLAIN], med[CACHE])
@@ -211,19 +219,23 @@ def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
         f"ray.init {init_s:.1f} s (not counted in training rows); all rates start-up included (generation: "
         f"from a fresh process's start, interpreter and ray.init included); median of {rounds} round(s)"
     )
-    print(f"{'what':<30}{'seconds':>9}{'tok/s':>9}{'vs g':>7}{'vs bound':>10}{'cpu util':>10}")
-    for name, (n, wall, cpu) in med.items():
+    print(
+        f"{'what':<30}{'seconds':>9}{'tok/s':>9}{'vs g':>7}{'vs bound':>10}{'cpu util':>10}{'1st rows s':>12}"
+    )
+    for name, (n, wall, cpu, *first) in med.items():
         vs_bound = f"{n / wall / bound:.2f}" if name == STREAM else "-"
         print(
             f"{name:<30}{wall:>9.1f}{n / wall:>9.0f}{n / wall / g:>7.2f}{vs_bound:>10}{cpu / wall / cores:>10.2f}"
+            f"{f'{first[0]:.1f}' if first else '-':>12}"
         )
     print(f"{'bound 1/(1/g + 1/t)':<30}{args.tokens / bound:>9.1f}{bound:>9.0f}{bound / g:>7.2f}{1.0:>10.2f}")
-    if rounds > 1:
-        print(f"\n{'round':<8}{'Ray / plain':>12}{'streaming / bound':>19}")
-        for i in range(rounds):
-            gi, ri, ti, si = (rows[k][i] for k in (PLAIN, RAY, CACHE, STREAM))
-            ray_ratio = (ri[0] / ri[1]) / (gi[0] / gi[1])
-            print(f"{i + 1:<8}{ray_ratio:>12.2f}{si[0] / si[1] / bound_of(gi, ti):>19.2f}")
+    # after the first rows: the rate once both have started, i.e. what start-up does not explain
+    print(f"\n{'round':<8}{'Ray / plain':>12}{'after 1st rows':>16}{'streaming / bound':>19}")
+    for i in range(rounds):
+        gi, ri, ti, si = (rows[k][i] for k in (PLAIN, RAY, CACHE, STREAM))
+        ray_ratio = (ri[0] / ri[1]) / (gi[0] / gi[1])
+        steady = (ri[0] / (ri[1] - ri[3])) / (gi[0] / (gi[1] - gi[3]))
+        print(f"{i + 1:<8}{ray_ratio:>12.2f}{steady:>16.2f}{si[0] / si[1] / bound_of(gi, ti):>19.2f}")
     if args.memory:
         print(f"\n{'per-worker memory':<30}{'params MiB':>12}{'adam MiB':>10}")
         for name, pmem, omem in memory:
