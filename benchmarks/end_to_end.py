@@ -15,7 +15,9 @@ N/g + N/t, so the bound of streaming is 1/(1/g + 1/t); ``vs bound`` is the strea
 streaming overlapped some idle time away). ``cpu util`` is the CPU seconds of this process tree
 (driver, Ray's processes, actors, workers) over wall × cores: what the run kept busy. ``1st rows s``
 is when a generation run's first activation rows arrived (its start-up), and ``after 1st rows`` is the
-Ray pipeline's rate over the plain loop's from then on: the part of the gap start-up does not explain.
+Ray pipeline's rate over the plain loop's from then on: the part of the gap start-up does not explain
+(it flatters Ray by up to 2 %: a replica's first task is 4 forward batches, the plain loop's first rows
+1, and the other replica is mid-task by then).
 A memory table gives per-worker parameter and Adam state at model-parallel 1 vs 2 (``--memory``).
 
 On a shared or small machine one run's rows can differ by a fifth from the next run's: ``--rounds N``
