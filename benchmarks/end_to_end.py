@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -45,6 +46,20 @@ from cpu_tree import TreeCPU
 
 PLAIN, RAY = "generation, plain loop (g)", "generation, Ray pipeline"
 CACHE, STREAM = "training from cache (t)", "streaming training"
+
+
+class Row(NamedTuple):
+    """One timed run: tokens, wall seconds, CPU seconds of the process tree and, for generation, the
+    seconds at which its first rows arrived."""
+
+    tokens: int
+    seconds: float
+    cpu: float
+    first: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
 
 
 def _settings(args, out: Path, name: str, cache: Path | None = None, mp: int = 1, dp: int = 2):
@@ -105,9 +120,8 @@ def generate(args: argparse.Namespace, how: str) -> None:
         ray.shutdown()
 
 
-def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> tuple[int, float, float, float]:
-    """(tokens, seconds from process start to the last row, CPU seconds of the process tree, seconds
-    to the first row)."""
+def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> Row:
+    """A generation run timed from its process's start to its last row."""
     argv = [
         sys.executable,
         __file__,
@@ -126,12 +140,12 @@ def generation_row(args: argparse.Namespace, how: str, probe: TreeCPU) -> tuple[
         return out["tokens"]
 
     n, wall, cpu = probe.run(go)
-    return n, out["seconds"], cpu * out["seconds"] / wall, out["first"]
+    return Row(n, out["seconds"], cpu * out["seconds"] / wall, out["first"])
 
 
-def training_row(settings, probe: TreeCPU) -> tuple[tuple[int, float, float], float, float]:
-    """One Ray Train run: (tokens, seconds, CPU seconds of the process tree), then its per-worker
-    parameter and Adam state in MiB (from the run's last logged step)."""
+def training_row(settings, probe: TreeCPU) -> tuple[Row, float, float]:
+    """One Ray Train run, then its per-worker parameter and Adam state in MiB (from the run's last
+    logged step)."""
     from raysae.train.checkpoint import read_state
     from raysae.train.ray_train import train
 
@@ -142,7 +156,7 @@ def training_row(settings, probe: TreeCPU) -> tuple[tuple[int, float, float], fl
         result = train(settings)
         return result.tokens
 
-    row = probe.run(run)
+    row = Row(*probe.run(run))
     last = read_state(result.checkpoint_path).history[-1]
     mib = 2**20
     return row, last["memory/param_bytes_per_worker"] / mib, last["memory/optimizer_bytes_per_worker"] / mib
@@ -169,7 +183,7 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="raysae-e2e-"))
     cores = os.cpu_count() or 1
     probe = TreeCPU()
-    rows: dict[str, list[tuple]] = {}  # name -> (tokens, seconds, CPU s[, first rows s]) per round
+    rows: dict[str, list[Row]] = {}  # name -> one Row per round
     memory: list[tuple[str, float, float]] = []
     stream = _settings(args, out, "stream")
     cache = out / "cache"
@@ -203,18 +217,23 @@ def main() -> None:
     report(args, rows, memory, statistics.median(init_s), cores)
 
 
-def bound_of(g: tuple[int, float, float], t: tuple[int, float, float]) -> float:
+def bound_of(g: Row, t: Row) -> float:
     """Rate bound of streaming when generation and training share the cores: 1/(1/g + 1/t)."""
-    return 1 / (g[1] / g[0] + t[1] / t[0])
+    return 1 / (1 / g.rate + 1 / t.rate)
 
 
 def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
     """Median of every row over the rounds, then each round's ratios."""
+
+    def median(runs: list[Row], field: str) -> float | None:
+        values = [getattr(r, field) for r in runs]
+        return None if None in values else statistics.median(values)
+
     med = {
-        name: (runs[0][0], *(statistics.median(r[i] for r in runs) for i in range(1, len(runs[0]))))
+        name: Row(runs[0].tokens, *(median(runs, f) for f in ("seconds", "cpu", "first")))
         for name, runs in rows.items()
     }
-    g, bound = med[PLAIN][0] / med[PLAIN][1], bound_of(med[PLAIN], med[CACHE])
+    g, bound = med[PLAIN].rate, bound_of(med[PLAIN], med[CACHE])
     rounds = len(rows[PLAIN])
     print(
         f"\ntokens {args.tokens}, hook blocks.{args.layer}.hook_resid_post, d_sae {args.d_sae}, {cores} cores, "
@@ -224,20 +243,22 @@ def report(args, rows: dict, memory: list, init_s: float, cores: int) -> None:
     print(
         f"{'what':<30}{'seconds':>9}{'tok/s':>9}{'vs g':>7}{'vs bound':>10}{'cpu util':>10}{'1st rows s':>12}"
     )
-    for name, (n, wall, cpu, *first) in med.items():
+    for name, (n, wall, cpu, first) in med.items():
         vs_bound = f"{n / wall / bound:.2f}" if name == STREAM else "-"
         print(
             f"{name:<30}{wall:>9.1f}{n / wall:>9.0f}{n / wall / g:>7.2f}{vs_bound:>10}{cpu / wall / cores:>10.2f}"
-            f"{f'{first[0]:.1f}' if first else '-':>12}"
+            f"{'-' if first is None else f'{first:.1f}':>12}"
         )
     print(f"{'bound 1/(1/g + 1/t)':<30}{args.tokens / bound:>9.1f}{bound:>9.0f}{bound / g:>7.2f}{1.0:>10.2f}")
     # after the first rows: the rate once both have started, i.e. what start-up does not explain
     print(f"\n{'round':<8}{'Ray / plain':>12}{'after 1st rows':>16}{'streaming / bound':>19}")
     for i in range(rounds):
         gi, ri, ti, si = (rows[k][i] for k in (PLAIN, RAY, CACHE, STREAM))
-        ray_ratio = (ri[0] / ri[1]) / (gi[0] / gi[1])
-        steady = (ri[0] / (ri[1] - ri[3])) / (gi[0] / (gi[1] - gi[3]))
-        print(f"{i + 1:<8}{ray_ratio:>12.2f}{steady:>16.2f}{si[0] / si[1] / bound_of(gi, ti):>19.2f}")
+        ray_after, plain_after = ri.seconds - ri.first, gi.seconds - gi.first
+        steady = "-"  # under a second after the first rows (a tiny budget): no rate to speak of
+        if min(ray_after, plain_after) >= 1:
+            steady = f"{(ri.tokens / ray_after) / (gi.tokens / plain_after):.2f}"
+        print(f"{i + 1:<8}{ri.rate / gi.rate:>12.2f}{steady:>16}{si.rate / bound_of(gi, ti):>19.2f}")
     if args.memory:
         print(f"\n{'per-worker memory':<30}{'params MiB':>12}{'adam MiB':>10}")
         for name, pmem, omem in memory:
