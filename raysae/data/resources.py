@@ -122,8 +122,9 @@ def cpu_replicas(cpus: float) -> int:
     whole core, the reader's share included. Forwards in separate processes never wait on each other's
     threads: SmolLM2 forwards of 1,024 tokens on 2 cores ran at 6,950-7,700 tokens/s as 2 processes of 1
     thread against 6,330-6,480 as 1 of 2, and Ray generation of 409,600 tokens took 74-81 s against 83-92
-    s (3 alternating pairs). The reader tokenises its whole budget in its first seconds (0.5 s of CPU for
-    409,600 tokens), so its share does not hold a core from a replica. Beside train workers this leaves
+    s (3 alternating pairs); on a later day the margin was 3 % (7,690-7,870 against 7,430-7,575). The
+    reader tokenises its whole budget in its first seconds (0.5 s of CPU for 409,600 tokens), so its
+    share does not hold a core from a replica. Beside train workers this leaves
     the floor: 1 replica on 2 cores beside 2 workers (2 replicas streamed no faster, 2 pairs)."""
     return max(1, math.floor(cpus + _EPS))
 
